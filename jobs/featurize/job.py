@@ -1,0 +1,287 @@
+"""Command line and orchestration: read images, featurize, write, fit PCA, write, manifest.
+
+    spark-submit --py-files featurize.zip jobs/featurize_images.py \\
+        --input s3a://BUCKET/images/ --output s3a://BUCKET/runs/ --weights imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+
+from featurize import __version__
+from featurize.batch import FeaturizeSettings
+from featurize.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from featurize.model import FEATURE_DIM, WeightsNotFoundError, check_weights
+from featurize.storage import Storage, join
+
+log = logging.getLogger("featurize")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class JobError(RuntimeError):
+    """A failure the user can act on; its message is printed as one line."""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
+        return value
+
+    return parse
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="featurize_images.py",
+        description=(
+            "Featurize images with MobileNetV2 (no top) in a pandas UDF, reduce them with "
+            "pyspark.ml PCA, and write Parquet outputs under OUTPUT/RUN_ID/."
+        ),
+        epilog=(
+            "Images: files ending in " + ", ".join(IMAGE_EXTENSIONS) + " (any case), found "
+            "recursively; the label is the parent folder's name. "
+            "S3 endpoint and credentials come from Spark's s3a settings and the AWS "
+            "credential chain (instance profile on EC2), never from arguments."
+        ),
+    )
+    parser.add_argument("--input", required=True, help="image root: s3a://BUCKET/PREFIX/, file:///DIR/ or a path")
+    parser.add_argument("--output", required=True, help="output root; the run writes OUTPUT/RUN_ID/")
+    parser.add_argument(
+        "--weights", default="imagenet",
+        help="imagenet (Keras cache file, provisioned on hosts), none (random init, offline tests) "
+        "or PATH to a weights file (default: %(default)s)",
+    )
+    parser.add_argument("--image-size", type=_bounded_int(32, 1024), default=224,
+                        help="square input size of the CNN in pixels (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_bounded_int(1, 4096), default=64,
+                        help="images per CNN call and per Arrow batch (default: %(default)s)")
+    pca = parser.add_mutually_exclusive_group()
+    pca.add_argument("--pca-variance", type=_fraction, default=0.95,
+                     help="keep the fewest components reaching this explained variance (default: %(default)s)")
+    pca.add_argument("--pca-k", type=_bounded_int(1, FEATURE_DIM), help="keep exactly this many components")
+    parser.add_argument("--run-id", default=None, help="name of the run folder (default: UTC timestamp)")
+    parser.add_argument("--max-image-pixels", type=_bounded_int(1, 2**31), default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, checked before decoding (default: %(default)s)")
+    parser.add_argument("--files-per-partition", type=_bounded_int(1, 100_000), default=512,
+                        help="images per Spark task (default: %(default)s)")
+    parser.add_argument("--tf-threads", type=_bounded_int(1, 256), default=None,
+                        help="TensorFlow threads per task (default: spark.task.cpus)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    if args.pca_k is not None:
+        args.pca_variance = None
+    args.run_id = args.run_id or default_run_id()
+    if "/" in args.run_id or not args.run_id.strip():
+        parser.error(f"--run-id must be a non-empty name without '/': {args.run_id!r}")
+    return args
+
+
+class StageClock:
+    """Times stages and logs one line per stage, so long runs show progress."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        log.info("stage %s: started", name)
+        started = time.perf_counter()
+        details: dict[str, object] = {}
+        yield details
+        elapsed = time.perf_counter() - started
+        self.seconds[name] = round(elapsed, 3)
+        extra = " ".join(f"{key}={value}" for key, value in details.items())
+        log.info("stage %s: done in %.1fs %s", name, elapsed, extra)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import pandas
+    import PIL
+    import pyarrow
+    import pyspark
+
+    versions = {
+        "featurize": __version__,
+        "python": platform.python_version(),
+        "pyspark": pyspark.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pillow": PIL.__version__,
+    }
+    try:
+        import tensorflow
+
+        versions["tensorflow"] = tensorflow.__version__
+    except ImportError:
+        versions["tensorflow"] = "not installed on the driver"
+    return versions
+
+
+def run(spark, args: argparse.Namespace) -> dict:
+    """Run the pipeline and return the manifest it wrote."""
+    from pyspark import StorageLevel
+
+    from featurize import pipeline
+
+    started_at = datetime.now(timezone.utc)
+    clock = StageClock()
+    conf = spark.sparkContext.getConf()
+    storage = Storage(endpoint_url=conf.get("spark.hadoop.fs.s3a.endpoint", None))
+    run_uri = join(args.output, args.run_id)
+    manifest_uri = join(run_uri, "manifest.json")
+    for uri in (args.input, args.output):
+        storage.check_bucket(uri)
+    if storage.exists(manifest_uri):
+        log.info("run %s is already complete at %s: nothing to do", args.run_id, manifest_uri)
+        return json.loads(storage.read_bytes(manifest_uri))
+
+    settings = FeaturizeSettings(
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        max_pixels=args.max_image_pixels,
+        tf_threads=args.tf_threads or int(conf.get("spark.task.cpus", "1")),
+    )
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size))
+
+    with clock.stage("list") as details:
+        stats = pipeline.list_inputs(spark, args.input)
+        partitions = pipeline.plan_partitions(spark, stats, args.files_per_partition)
+        details.update(files=stats.files, images=stats.images, ignored=stats.ignored, partitions=partitions)
+    if stats.images == 0:
+        raise JobError(f"no image files under {args.input} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+
+    sc = spark.sparkContext
+    decode_seconds, cnn_seconds = sc.accumulator(0.0), sc.accumulator(0.0)
+    udf = pipeline.make_featurize_udf(settings, decode_seconds, cnn_seconds)
+    results = pipeline.featurize(pipeline.load_images(spark, args.input), udf)
+    # Features and errors come from one CNN pass: cache it on disk, not in a 4 GB heap.
+    results.persist(StorageLevel.DISK_ONLY)
+    features_uri, errors_uri = join(run_uri, "features"), join(run_uri, "errors")
+    try:
+        with clock.stage("featurize_and_write_features") as details:
+            pipeline.features_of(results).write.mode("overwrite").parquet(features_uri)
+            details.update(decode_cpu_s=round(decode_seconds.value, 1), cnn_cpu_s=round(cnn_seconds.value, 1))
+        with clock.stage("write_errors"):
+            pipeline.errors_of(results).write.mode("overwrite").parquet(errors_uri)
+    finally:
+        results.unpersist()
+
+    with clock.stage("verify_counts") as details:
+        features = spark.read.parquet(features_uri)
+        featurized = features.count()
+        errors = spark.read.parquet(errors_uri).count()
+        details.update(featurized=featurized, errors=errors)
+    if featurized + errors != stats.images:
+        raise JobError(
+            f"accounting mismatch: {stats.images} images listed but {featurized} featurized "
+            f"+ {errors} errors written; the run is not marked complete"
+        )
+    if featurized < 2:
+        raise JobError(f"PCA needs at least 2 featurized images, got {featurized} (see {errors_uri})")
+
+    with clock.stage("pca_fit") as details:
+        pca = pipeline.fit_pca(features, k=args.pca_k, target_variance=args.pca_variance or 0.95)
+        details.update(k=pca.k, explained=round(pca.cumulative_at_k, 4))
+    with clock.stage("pca_write"):
+        pipeline.project(features, pca).write.mode("overwrite").parquet(join(run_uri, "pca"))
+        pca.model.write().overwrite().save(join(run_uri, "pca_model"))
+
+    wall = sum(clock.seconds.values())
+    manifest = {
+        "run_id": args.run_id,
+        "status": "complete",
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": args.input,
+        "output": run_uri,
+        "parameters": {
+            **asdict(settings),
+            "pca_variance": args.pca_variance,
+            "pca_k": args.pca_k,
+            "files_per_partition": args.files_per_partition,
+            "spark_master": sc.master,
+            "default_parallelism": sc.defaultParallelism,
+        },
+        "versions": library_versions(),
+        "counts": {
+            "files": stats.files,
+            "ignored_non_images": stats.ignored,
+            "inputs": stats.images,
+            "featurized": featurized,
+            "errors": errors,
+            "input_bytes": stats.image_bytes,
+        },
+        "pca": {
+            "k": pca.k,
+            "target_variance": args.pca_variance,
+            "explained_variance_at_k": pca.cumulative_at_k,
+            "explained_variance": pca.explained_variance,
+        },
+        "timing": {
+            "stages_seconds": clock.seconds,
+            "worker_cpu_seconds": {"decode": decode_seconds.value, "cnn": cnn_seconds.value},
+            "wall_seconds": round(wall, 3),
+            "images_per_second": round(stats.images / wall, 2) if wall else None,
+        },
+        "outputs": {
+            name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")
+        },
+    }
+    # Written last: a run without manifest.json is not complete, whatever else is there.
+    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
+    log.info(
+        "run %s complete: %d images, %d featurized, %d errors, k=%d (%.1f%% variance), %.1f img/s, manifest %s",
+        args.run_id, stats.images, featurized, errors, pca.k, 100 * pca.cumulative_at_k,
+        manifest["timing"]["images_per_second"], manifest_uri,
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        check_weights(args.weights, args.image_size)
+    except WeightsNotFoundError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"featurize-{args.run_id}").getOrCreate()
+    try:
+        run(spark, args)
+    except (JobError, FileNotFoundError, PermissionError) as exc:
+        log.error("run %s failed: %s", args.run_id, exc)
+        return EXIT_FAILED
+    finally:
+        spark.stop()
+    return 0

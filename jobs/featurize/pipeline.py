@@ -1,0 +1,192 @@
+"""Spark transformations of the job: DataFrames in, DataFrames out, no URIs baked in."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCA, VectorSlicer
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from featurize.batch import BatchTimings, FeaturizeSettings, featurize_batch
+from featurize.images import image_path_glob
+from featurize.model import worker_extractor
+
+RESULT_TYPE = T.StructType(
+    [
+        T.StructField("features", T.ArrayType(T.FloatType())),
+        T.StructField("error_stage", T.StringType()),
+        T.StructField("error", T.StringType()),
+    ]
+)
+# Spark opens a file in about the time it reads this many bytes; the default
+# (4 MB) is meant for big files and would cut 5 kB images into tiny tasks.
+SMALL_FILE_OPEN_COST = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ListingStats:
+    files: int
+    images: int
+    image_bytes: int
+
+    @property
+    def ignored(self) -> int:
+        return self.files - self.images
+
+
+def qualified_root(uri: str) -> str:
+    """The input root as Spark spells file paths (``file:/x`` for ``file:///x``), no trailing slash."""
+    if uri.startswith("file://"):
+        uri = "file:" + uri[len("file://") :]
+    elif "://" not in uri and not uri.startswith("file:"):
+        import os
+
+        uri = "file:" + os.path.abspath(uri)
+    return uri.rstrip("/")
+
+
+def label_column(path: Column, root: str) -> Column:
+    """The name of the image's parent folder; NULL for an image directly under the root."""
+    parent = F.regexp_replace(path, "/[^/]*$", "")
+    folder = F.regexp_extract(parent, "([^/]+)$", 1)
+    return F.when(parent == F.lit(root), F.lit(None).cast("string")).otherwise(folder)
+
+
+def _binary_files(spark: SparkSession, uri: str, images_only: bool) -> DataFrame:
+    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+    if images_only:
+        reader = reader.option("pathGlobFilter", image_path_glob())
+    return reader.load(uri)
+
+
+def list_inputs(spark: SparkSession, uri: str) -> ListingStats:
+    """Count all files and image files under ``uri`` without reading their contents."""
+    files = _binary_files(spark, uri, images_only=False).select("path").count()
+    row = _binary_files(spark, uri, images_only=True).agg(
+        F.count("*").alias("images"), F.coalesce(F.sum("length"), F.lit(0)).alias("bytes")
+    ).first()
+    return ListingStats(files=files, images=row["images"], image_bytes=row["bytes"])
+
+
+def plan_partitions(spark: SparkSession, stats: ListingStats, files_per_partition: int) -> int:
+    """Size file splits so that each task gets about ``files_per_partition`` images.
+
+    Fewer, larger tasks keep CNN batches full; at least one task per core keeps
+    every core busy. Returns the expected number of partitions.
+    """
+    parallelism = spark.sparkContext.defaultParallelism
+    per_partition = max(1, min(files_per_partition, math.ceil(stats.images / max(parallelism, 1))))
+    average_size = stats.image_bytes / max(stats.images, 1)
+    split_bytes = math.ceil(per_partition * (average_size + SMALL_FILE_OPEN_COST))
+    spark.conf.set("spark.sql.files.openCostInBytes", str(SMALL_FILE_OPEN_COST))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split_bytes))
+    return math.ceil(stats.images / per_partition) if stats.images else 0
+
+
+def load_images(spark: SparkSession, uri: str) -> DataFrame:
+    """Image files under ``uri`` (recursive) with their label, size, mtime and bytes."""
+    root = qualified_root(uri)
+    return _binary_files(spark, uri, images_only=True).select(
+        "path",
+        label_column(F.col("path"), root).alias("label"),
+        F.col("length").alias("size_bytes"),
+        F.col("modificationTime").alias("modified"),
+        "content",
+    )
+
+
+def make_featurize_udf(settings: FeaturizeSettings, decode_seconds=None, cnn_seconds=None):
+    """The pandas UDF ``binary -> struct<features, error_stage, error>``.
+
+    The model is fetched once per Python worker; the optional accumulators
+    sum the CPU seconds spent decoding and in the CNN across all tasks.
+    """
+
+    @F.pandas_udf(RESULT_TYPE)
+    def featurize_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
+        for contents in batches:
+            timings = BatchTimings()
+            yield featurize_batch(contents, extract, settings, timings)
+            if decode_seconds is not None:
+                decode_seconds.add(timings.decode_seconds)
+                cnn_seconds.add(timings.cnn_seconds)
+
+    return featurize_images
+
+
+def featurize(images: DataFrame, featurize_udf) -> DataFrame:
+    """One row per image: identity columns plus features or the error that prevented them."""
+    return images.select(
+        "path", "label", "size_bytes", "modified", featurize_udf("content").alias("result")
+    ).select("path", "label", "size_bytes", "modified", "result.*")
+
+
+def features_of(results: DataFrame) -> DataFrame:
+    return results.where(F.col("error").isNull()).select(
+        "path",
+        "label",
+        array_to_vector("features").alias("features"),
+        "size_bytes",
+        "modified",
+    )
+
+
+def errors_of(results: DataFrame) -> DataFrame:
+    return results.where(F.col("error").isNotNull()).select(
+        "path", "label", F.col("error_stage").alias("stage"), F.col("error").alias("reason"),
+        "size_bytes", "modified",
+    )
+
+
+def choose_k(explained_variance: Sequence[float], target: float) -> int:
+    """Smallest k whose cumulative explained variance reaches ``target``."""
+    total = 0.0
+    for k, ratio in enumerate(explained_variance, start=1):
+        total += ratio
+        if total >= target - 1e-12:
+            return k
+    return len(explained_variance)
+
+
+@dataclass(frozen=True)
+class PcaResult:
+    model: PipelineModel
+    k: int
+    explained_variance: list[float]
+
+    @property
+    def cumulative_at_k(self) -> float:
+        return float(sum(self.explained_variance[: self.k]))
+
+
+def fit_pca(features: DataFrame, k: int | None = None, target_variance: float = 0.95) -> PcaResult:
+    """Fit PCA once and return a model that outputs ``pca`` with the chosen k.
+
+    Spark's PCA cost is one pass to build the 1280x1280 covariance plus a local
+    eigendecomposition; k only slices the result. So with a variance target it
+    fits all components once, picks k from the spectrum, and appends a
+    VectorSlicer that keeps the first k: one pass over the data, not two fits.
+    With an explicit k it fits that k directly.
+    """
+    dimension = len(features.select("features").first()["features"])
+    if k is not None:
+        pca = PCA(k=min(k, dimension), inputCol="features", outputCol="pca").fit(features)
+        return PcaResult(PipelineModel([pca]), pca.getK(), [float(v) for v in pca.explainedVariance])
+    pca = PCA(k=dimension, inputCol="features", outputCol="pca_all").fit(features)
+    spectrum = [float(v) for v in pca.explainedVariance]
+    chosen = choose_k(spectrum, target_variance)
+    slicer = VectorSlicer(inputCol="pca_all", outputCol="pca", indices=list(range(chosen)))
+    return PcaResult(PipelineModel([pca, slicer]), chosen, spectrum)
+
+
+def project(features: DataFrame, pca: PcaResult) -> DataFrame:
+    return pca.model.transform(features).select("path", "label", "pca")
+

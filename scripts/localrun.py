@@ -1,0 +1,107 @@
+"""Run the job locally against an S3 endpoint, as the demo, tests and benchmark do.
+
+One place builds the spark-submit command line, so all three exercise the
+same s3a settings that the Ansible spark role templates on real hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
+JARS_DIR = REPO / ".cache" / "jars"
+S3A_JARS = ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
+SAMPLE_CANDIDATES = (
+    REPO.parent / "shared" / "data" / "fruits-360-sample",
+    Path("/work/shared/data/fruits-360-sample"),
+)
+
+
+def sample_images() -> Path:
+    override = os.environ.get("IMAGES")
+    for candidate in ([Path(override)] if override else []) + list(SAMPLE_CANDIDATES):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        "Fruits-360 sample not found: set IMAGES=DIR (looked in "
+        + ", ".join(str(c) for c in SAMPLE_CANDIDATES) + ")"
+    )
+
+
+def s3a_jars() -> list[Path]:
+    jars = [JARS_DIR / name for name in S3A_JARS]
+    missing = [str(jar) for jar in jars if not jar.is_file()]
+    if missing:
+        raise FileNotFoundError(f"s3a jars missing ({', '.join(missing)}): run `make jars`")
+    return jars
+
+
+def build_job_zip(target: Path) -> Path:
+    """Zip the ``featurize`` package for --py-files, as the deploy role does on hosts."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for source in sorted((JOBS / "featurize").rglob("*.py")):
+            archive.write(source, source.relative_to(JOBS))
+    return target
+
+
+def s3a_conf(endpoint: str | None) -> dict[str, str]:
+    """s3a settings for a local endpoint; with none, Spark talks to AWS itself."""
+    conf = {
+        "spark.hadoop.fs.s3a.fast.upload": "true",
+        "spark.hadoop.fs.s3a.attempts.maximum": "10",
+        "spark.hadoop.fs.s3a.retry.limit": "10",
+    }
+    if endpoint:
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.endpoint": endpoint,
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            }
+        )
+    return conf
+
+
+def spark_submit_command(
+    job_args: list[str],
+    endpoint: str | None,
+    master: str = "local[2]",
+    driver_memory: str = "1g",
+    extra_conf: dict[str, str] | None = None,
+) -> list[str]:
+    spark_submit = Path(sys.executable).with_name("spark-submit")
+    job_zip = build_job_zip(REPO / "build" / "featurize.zip")
+    command = [
+        str(spark_submit),
+        "--master", master,
+        "--driver-memory", driver_memory,
+        "--jars", ",".join(str(jar) for jar in s3a_jars()),
+        "--py-files", str(job_zip),
+    ]
+    for key, value in {**s3a_conf(endpoint), **(extra_conf or {})}.items():
+        command += ["--conf", f"{key}={value}"]
+    return command + [str(JOBS / "featurize_images.py"), *job_args]
+
+
+def run_job(job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
+    return subprocess.run(spark_submit_command(job_args, endpoint, **kwargs), env=environment, check=False)
+
+
+def upload_tree(s3_client, root: Path, bucket: str, prefix: str, workers: int = 16) -> int:
+    """Upload every file under ``root`` to ``s3://bucket/prefix/<relative path>``."""
+    files = [path for path in sorted(root.rglob("*")) if path.is_file()]
+
+    def upload(path: Path) -> None:
+        s3_client.upload_file(str(path), bucket, f"{prefix.strip('/')}/{path.relative_to(root).as_posix()}")
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(upload, files))
+    return len(files)
