@@ -1,6 +1,6 @@
 """spark-submit entry point of the featurization job; see ``featurize.job`` for the CLI.
 
-    spark-submit jobs/featurize_images.py --input s3a://BUCKET/images/ --output s3a://BUCKET/runs/
+spark-submit jobs/featurize_images.py --input s3a://BUCKET/images/ --output s3a://BUCKET/runs/
 """
 
 import sys

@@ -12,7 +12,6 @@ import sys
 import time
 
 import boto3
-
 from localrun import run_job, sample_images, upload_tree
 from motoserver import TEST_CREDENTIALS, moto_server
 
@@ -25,15 +24,28 @@ def main() -> int:
     weights = os.environ.get("WEIGHTS", "none")
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": TEST_CREDENTIALS["AWS_DEFAULT_REGION"]})
+        s3.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": TEST_CREDENTIALS["AWS_DEFAULT_REGION"]}
+        )
         started = time.perf_counter()
         count = upload_tree(s3, images, BUCKET, "images")
-        print(f"uploaded {count} files from {images} to s3://{BUCKET}/images/ in {time.perf_counter() - started:.1f}s (moto at {endpoint})")
+        elapsed = time.perf_counter() - started
+        print(f"uploaded {count} files from {images} to s3://{BUCKET}/images/ in {elapsed:.1f}s (moto at {endpoint})")
 
         run_id = "demo"
         job = run_job(
-            ["--input", f"s3a://{BUCKET}/images/", "--output", f"s3a://{BUCKET}/runs/",
-             "--run-id", run_id, "--weights", weights, "--image-size", os.environ.get("IMAGE_SIZE", "224")],
+            [
+                "--input",
+                f"s3a://{BUCKET}/images/",
+                "--output",
+                f"s3a://{BUCKET}/runs/",
+                "--run-id",
+                run_id,
+                "--weights",
+                weights,
+                "--image-size",
+                os.environ.get("IMAGE_SIZE", "224"),
+            ],
             endpoint,
         )
         if job.returncode != 0:
@@ -41,9 +53,9 @@ def main() -> int:
             return job.returncode
         manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{run_id}/manifest.json")["Body"].read())
         counts, pca, timing = manifest["counts"], manifest["pca"], manifest["timing"]
-        classes = len({key["Key"].split("/")[1] for key in _objects(s3, "images/")})
         print("\n=== fruitcloud demo summary ===")
-        print(f"images         {counts['inputs']} ({classes} classes, {counts['ignored_non_images']} non-image files ignored)")
+        ignored = counts["ignored_non_images"]
+        print(f"images         {counts['inputs']} ({counts['classes']} classes, {ignored} non-image files ignored)")
         print(f"featurized     {counts['featurized']}   errors {counts['errors']}")
         print(f"PCA            k={pca['k']} components, {100 * pca['explained_variance_at_k']:.1f}% explained variance")
         print(f"throughput     {timing['images_per_second']} images/s, wall {timing['wall_seconds']:.1f}s")

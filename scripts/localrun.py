@@ -29,8 +29,7 @@ def sample_images() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(
-        "Fruits-360 sample not found: set IMAGES=DIR (looked in "
-        + ", ".join(str(c) for c in SAMPLE_CANDIDATES) + ")"
+        "Fruits-360 sample not found: set IMAGES=DIR (looked in " + ", ".join(str(c) for c in SAMPLE_CANDIDATES) + ")"
     )
 
 
@@ -80,17 +79,23 @@ def spark_submit_command(
     job_zip = build_job_zip(REPO / "build" / "featurize.zip")
     command = [
         str(spark_submit),
-        "--master", master,
-        "--driver-memory", driver_memory,
-        "--jars", ",".join(str(jar) for jar in s3a_jars()),
-        "--py-files", str(job_zip),
+        "--master",
+        master,
+        "--driver-memory",
+        driver_memory,
+        "--jars",
+        ",".join(str(jar) for jar in s3a_jars()),
+        "--py-files",
+        str(job_zip),
     ]
     for key, value in {**s3a_conf(endpoint), **(extra_conf or {})}.items():
         command += ["--conf", f"{key}={value}"]
-    return command + [str(JOBS / "featurize_images.py"), *job_args]
+    return [*command, str(JOBS / "featurize_images.py"), *job_args]
 
 
-def run_job(job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+def run_job(
+    job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
     return subprocess.run(spark_submit_command(job_args, endpoint, **kwargs), env=environment, check=False)
 

@@ -37,7 +37,7 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
     """Start moto_server, yield its endpoint URL, and stop it even on failure."""
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - outlives this statement
     process = subprocess.Popen(
         [moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,

@@ -59,7 +59,7 @@ def featurize_batch(
     started = time.perf_counter()
     for start in range(0, len(decoded), settings.batch_size):
         chunk = np.stack(decoded[start : start + settings.batch_size])
-        for row, vector in zip(decoded_rows[start : start + settings.batch_size], extract(chunk)):
+        for row, vector in zip(decoded_rows[start : start + settings.batch_size], extract(chunk), strict=False):
             features[row] = vector
     timings.cnn_seconds += time.perf_counter() - started
 

@@ -23,9 +23,7 @@ class ImageDecodeError(ValueError):
 
 def image_path_glob() -> str:
     """Hadoop glob matching image extensions case-insensitively (``*.{[jJ][pP][gG],...}``)."""
-    alternatives = ",".join(
-        "".join(f"[{c.lower()}{c.upper()}]" for c in ext) for ext in IMAGE_EXTENSIONS
-    )
+    alternatives = ",".join("".join(f"[{c.lower()}{c.upper()}]" for c in ext) for ext in IMAGE_EXTENSIONS)
     return f"*.{{{alternatives}}}"
 
 
@@ -47,7 +45,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        background = Image.new("RGBA", rgba.size, (*WHITE, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 

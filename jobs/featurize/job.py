@@ -70,25 +70,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", required=True, help="image root: s3a://BUCKET/PREFIX/, file:///DIR/ or a path")
     parser.add_argument("--output", required=True, help="output root; the run writes OUTPUT/RUN_ID/")
     parser.add_argument(
-        "--weights", default="imagenet",
+        "--weights",
+        default="imagenet",
         help="imagenet (Keras cache file, provisioned on hosts), none (random init, offline tests) "
         "or PATH to a weights file (default: %(default)s)",
     )
-    parser.add_argument("--image-size", type=_bounded_int(32, 1024), default=224,
-                        help="square input size of the CNN in pixels (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_bounded_int(1, 4096), default=64,
-                        help="images per CNN call and per Arrow batch (default: %(default)s)")
+    parser.add_argument(
+        "--image-size",
+        type=_bounded_int(32, 1024),
+        default=224,
+        help="square input size of the CNN in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_bounded_int(1, 4096),
+        default=64,
+        help="images per CNN call and per Arrow batch (default: %(default)s)",
+    )
     pca = parser.add_mutually_exclusive_group()
-    pca.add_argument("--pca-variance", type=_fraction, default=0.95,
-                     help="keep the fewest components reaching this explained variance (default: %(default)s)")
+    pca.add_argument(
+        "--pca-variance",
+        type=_fraction,
+        default=0.95,
+        help="keep the fewest components reaching this explained variance (default: %(default)s)",
+    )
     pca.add_argument("--pca-k", type=_bounded_int(1, FEATURE_DIM), help="keep exactly this many components")
     parser.add_argument("--run-id", default=None, help="name of the run folder (default: UTC timestamp)")
-    parser.add_argument("--max-image-pixels", type=_bounded_int(1, 2**31), default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels, checked before decoding (default: %(default)s)")
-    parser.add_argument("--files-per-partition", type=_bounded_int(1, 100_000), default=512,
-                        help="images per Spark task (default: %(default)s)")
-    parser.add_argument("--tf-threads", type=_bounded_int(1, 256), default=None,
-                        help="TensorFlow threads per task (default: spark.task.cpus)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_bounded_int(1, 2**31),
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels, checked before decoding (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--files-per-partition",
+        type=_bounded_int(1, 100_000),
+        default=512,
+        help="images per Spark task (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tf-threads",
+        type=_bounded_int(1, 256),
+        default=None,
+        help="TensorFlow threads per task (default: spark.task.cpus)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     if args.pca_k is not None:
@@ -171,7 +196,7 @@ def run(spark, args: argparse.Namespace) -> dict:
 
     with clock.stage("list") as details:
         stats = pipeline.list_inputs(spark, args.input)
-        partitions = pipeline.plan_partitions(spark, stats, args.files_per_partition)
+        partitions = pipeline.plan_partitions(spark, stats.images, args.files_per_partition)
         details.update(files=stats.files, images=stats.images, ignored=stats.ignored, partitions=partitions)
     if stats.images == 0:
         raise JobError(f"no image files under {args.input} (looked for {', '.join(IMAGE_EXTENSIONS)})")
@@ -196,7 +221,8 @@ def run(spark, args: argparse.Namespace) -> dict:
         features = spark.read.parquet(features_uri)
         featurized = features.count()
         errors = spark.read.parquet(errors_uri).count()
-        details.update(featurized=featurized, errors=errors)
+        labels = {row["label"]: row["count"] for row in features.groupBy("label").count().collect()}
+        details.update(featurized=featurized, errors=errors, classes=len(labels))
     if featurized + errors != stats.images:
         raise JobError(
             f"accounting mismatch: {stats.images} images listed but {featurized} featurized "
@@ -235,7 +261,8 @@ def run(spark, args: argparse.Namespace) -> dict:
             "inputs": stats.images,
             "featurized": featurized,
             "errors": errors,
-            "input_bytes": stats.image_bytes,
+            "classes": len(labels),
+            "per_class": dict(sorted(labels.items(), key=lambda item: str(item[0]))),
         },
         "pca": {
             "k": pca.k,
@@ -249,16 +276,20 @@ def run(spark, args: argparse.Namespace) -> dict:
             "wall_seconds": round(wall, 3),
             "images_per_second": round(stats.images / wall, 2) if wall else None,
         },
-        "outputs": {
-            name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")
-        },
+        "outputs": {name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")},
     }
     # Written last: a run without manifest.json is not complete, whatever else is there.
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
     log.info(
         "run %s complete: %d images, %d featurized, %d errors, k=%d (%.1f%% variance), %.1f img/s, manifest %s",
-        args.run_id, stats.images, featurized, errors, pca.k, 100 * pca.cumulative_at_k,
-        manifest["timing"]["images_per_second"], manifest_uri,
+        args.run_id,
+        stats.images,
+        featurized,
+        errors,
+        pca.k,
+        100 * pca.cumulative_at_k,
+        manifest["timing"]["images_per_second"],
+        manifest_uri,
     )
     return manifest
 

@@ -68,6 +68,10 @@ def build_extractor(weights: str, image_size: int, threads: int) -> Extractor:
         pass  # TF was already initialised in this worker; its pools stay as they are.
 
     check_weights(weights, image_size)
+    if weights == "none":
+        # Same seed on every worker: random-init features stay comparable
+        # across workers, runs and cluster layouts.
+        tf.keras.utils.set_random_seed(0)
     keras_weights = None if weights == "none" else weights
     model = tf.keras.applications.MobileNetV2(
         input_shape=(image_size, image_size, 3),

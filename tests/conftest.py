@@ -1,0 +1,60 @@
+"""Shared fixtures: one local Spark session, the Fruits-360 sample, a moto S3 server."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import boto3
+import pytest
+from localrun import REPO, build_job_zip, s3a_conf, s3a_jars, sample_images
+from motoserver import TEST_CREDENTIALS, moto_server
+
+
+@pytest.fixture(scope="session")
+def sample_dir():
+    return sample_images()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    os.environ.update(TEST_CREDENTIALS)
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(moto_endpoint):
+    return boto3.client("s3", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def bucket(s3, request):
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+    s3.create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": TEST_CREDENTIALS["AWS_DEFAULT_REGION"]}
+    )
+    return name
+
+
+@pytest.fixture(scope="session")
+def spark(moto_endpoint):
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName("fruitcloud-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.jars", ",".join(str(jar) for jar in s3a_jars()))
+    )
+    for key, value in s3a_conf(moto_endpoint).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    # Python workers import the job from the same zip that spark-submit ships.
+    session.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-tests.zip")))
+    yield session
+    session.stop()

@@ -1,0 +1,80 @@
+"""The job end to end with spark-submit, s3a and moto, on the real Fruits-360 sample."""
+
+import json
+
+import pytest
+from featurize.pipeline import choose_k
+from localrun import run_job, upload_tree
+from pyspark.ml import PipelineModel
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import functions as F
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+
+
+@pytest.fixture
+def uploaded(s3, bucket, sample_dir):
+    upload_tree(s3, sample_dir, bucket, "images")
+    s3.put_object(Bucket=bucket, Key="images/Kiwi/broken.jpg", Body=b"not really a jpeg")
+    expected = {
+        f"s3a://{bucket}/images/{p.relative_to(sample_dir).as_posix()}": p.parent.name
+        for p in sample_dir.rglob("*.jpg")
+    }
+    return bucket, expected
+
+
+def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3, uploaded, moto_endpoint):
+    bucket, expected_labels = uploaded
+    run_root = f"s3a://{bucket}/runs/e2e"
+    args = [
+        "--input",
+        f"s3a://{bucket}/images/",
+        "--output",
+        f"s3a://{bucket}/runs/",
+        "--run-id",
+        "e2e",
+        "--weights",
+        "none",
+        "--image-size",
+        "96",
+        "--pca-variance",
+        "0.9",
+    ]
+    assert run_job(args, moto_endpoint).returncode == 0
+
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/e2e/manifest.json")["Body"].read())
+    features = spark.read.parquet(f"{run_root}/features")
+    rows = features.select("path", "label", F.size(vector_to_array("features")).alias("dim")).collect()
+    assert {row.path: row.label for row in rows} == expected_labels
+    assert len(rows) == len(expected_labels), "each image exactly once"
+    assert {row.dim for row in rows} == {1280}
+
+    errors = spark.read.parquet(f"{run_root}/errors").collect()
+    assert [(e.path, e.label, e.stage, e.reason) for e in errors] == [
+        (f"s3a://{bucket}/images/Kiwi/broken.jpg", "Kiwi", "decode", "not a recognised image format")
+    ]
+    assert manifest["counts"] | {"per_class": None} == {
+        "files": len(expected_labels) + 2,
+        "ignored_non_images": 1,
+        "inputs": len(expected_labels) + 1,
+        "featurized": len(expected_labels),
+        "errors": 1,
+        "classes": 24,
+        "per_class": None,
+    }
+
+    pca = spark.read.parquet(f"{run_root}/pca")
+    k = manifest["pca"]["k"]
+    assert pca.count() == len(expected_labels)
+    assert {len(row.pca) for row in pca.select("pca").collect()} == {k}
+    model = PipelineModel.load(f"{run_root}/pca_model")
+    spectrum = list(model.stages[0].explainedVariance)
+    assert choose_k(spectrum, 0.9) == k
+    assert sum(spectrum[:k]) == pytest.approx(manifest["pca"]["explained_variance_at_k"])
+    assert sum(spectrum[:k]) >= 0.9 > sum(spectrum[: k - 1])
+    assert set(manifest["timing"]["stages_seconds"]) >= {"list", "featurize_and_write_features", "pca_fit"}
+
+    rerun = run_job(args, moto_endpoint)
+    assert rerun.returncode == 0
+    again = json.loads(s3.get_object(Bucket=bucket, Key="runs/e2e/manifest.json")["Body"].read())
+    assert again["finished_at"] == manifest["finished_at"], "a complete run is not redone"
