@@ -12,6 +12,14 @@ from localrun import REPO, build_job_zip, s3a_conf, s3a_jars, sample_images
 from motoserver import TEST_CREDENTIALS, moto_server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_credentials():
+    """moto's dummy keys for every test; a real profile must never be picked up."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        os.environ.pop(name, None)
+    os.environ.update(TEST_CREDENTIALS)
+
+
 @pytest.fixture(scope="session")
 def sample_dir():
     return sample_images()
@@ -19,7 +27,6 @@ def sample_dir():
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    os.environ.update(TEST_CREDENTIALS)
     with moto_server() as endpoint:
         yield endpoint
 
