@@ -170,6 +170,7 @@ def library_versions() -> dict[str, str]:
 def run(spark, args: argparse.Namespace) -> dict:
     """Run the pipeline and return the manifest it wrote."""
     from pyspark import StorageLevel
+    from pyspark.errors import AnalysisException
 
     from featurize import pipeline
 
@@ -195,7 +196,12 @@ def run(spark, args: argparse.Namespace) -> dict:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size))
 
     with clock.stage("list") as details:
-        stats = pipeline.list_inputs(spark, args.input)
+        try:
+            stats = pipeline.list_inputs(spark, args.input)
+        except AnalysisException as exc:
+            if "PATH_NOT_FOUND" not in str(exc):
+                raise
+            raise JobError(f"no image files under {args.input}: the path does not exist") from exc
         partitions = pipeline.plan_partitions(spark, stats.images, args.files_per_partition)
         details.update(files=stats.files, images=stats.images, ignored=stats.ignored, partitions=partitions)
     if stats.images == 0:
