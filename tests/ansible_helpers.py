@@ -50,8 +50,13 @@ def localhost_inventory(directory: Path) -> Path:
 
 def run_playbook(playbook: str, inventory: Path, extra_vars: dict, *args: str, env=None) -> PlaybookRun:
     command = [
-        str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook),
-        "-e", json.dumps(extra_vars), *args,
+        str(BIN / "ansible-playbook"),
+        "-i",
+        str(inventory),
+        str(REPO / "playbooks" / playbook),
+        "-e",
+        json.dumps(extra_vars),
+        *args,
     ]
     result = subprocess.run(command, env=ansible_env(env), capture_output=True, text=True, cwd=REPO, check=False)
     return PlaybookRun(result.returncode, result.stdout + result.stderr)

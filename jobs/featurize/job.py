@@ -219,7 +219,10 @@ def run(spark, args: argparse.Namespace) -> dict:
             pipeline.features_of(results).write.mode("overwrite").parquet(features_uri)
             details.update(decode_cpu_s=round(decode_seconds.value, 1), cnn_cpu_s=round(cnn_seconds.value, 1))
         with clock.stage("write_errors"):
-            pipeline.errors_of(results).write.mode("overwrite").parquet(errors_uri)
+            errors_df = pipeline.errors_of(results).unionByName(
+                pipeline.unread_images(spark, stats, results, args.input)
+            )
+            errors_df.write.mode("overwrite").parquet(errors_uri)
     finally:
         results.unpersist()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import pandas as pd
 from pyspark.ml import PipelineModel
@@ -30,7 +31,11 @@ RESULT_TYPE = T.StructType(
 @dataclass(frozen=True)
 class ListingStats:
     files: int
-    images: int
+    image_paths: tuple[str, ...]
+
+    @property
+    def images(self) -> int:
+        return len(self.image_paths)
 
     @property
     def ignored(self) -> int:
@@ -46,6 +51,12 @@ def qualified_root(uri: str) -> str:
 
         uri = "file:" + os.path.abspath(uri)
     return uri.rstrip("/")
+
+
+def path_as_spark_shows_it(file_uri: str) -> str:
+    """``inputFiles()`` gives URIs (``file:///a%20b``); the binaryFile ``path`` column gives ``file:/a b``."""
+    path = unquote(file_uri)
+    return "file:" + path[len("file://") :] if path.startswith("file:///") else path
 
 
 def label_column(path: Column, root: str) -> Column:
@@ -69,8 +80,8 @@ def list_inputs(spark: SparkSession, uri: str) -> ListingStats:
     stat every file (one HEAD request per object on S3), ten times slower.
     """
     files = len(_binary_files(spark, uri, images_only=False).inputFiles())
-    images = len(_binary_files(spark, uri, images_only=True).inputFiles())
-    return ListingStats(files=files, images=images)
+    images = tuple(path_as_spark_shows_it(p) for p in _binary_files(spark, uri, images_only=True).inputFiles())
+    return ListingStats(files=files, image_paths=images)
 
 
 def plan_partitions(spark: SparkSession, images: int, files_per_partition: int) -> int:
@@ -147,6 +158,23 @@ def errors_of(results: DataFrame) -> DataFrame:
         F.col("error").alias("reason"),
         "size_bytes",
         "modified",
+    )
+
+
+def unread_images(spark: SparkSession, stats: ListingStats, results: DataFrame, root_uri: str) -> DataFrame:
+    """Listed images that the scan never returned, as error rows.
+
+    Spark's file scan silently drops 0-byte files; without this they would
+    vanish from both outputs.
+    """
+    listed = spark.createDataFrame([(path,) for path in stats.image_paths], "path string")
+    return listed.join(results.select("path"), "path", "left_anti").select(
+        "path",
+        label_column(F.col("path"), qualified_root(root_uri)).alias("label"),
+        F.lit("read").alias("stage"),
+        F.lit("empty file (0 bytes), skipped by Spark's file scan").alias("reason"),
+        F.lit(0).cast("long").alias("size_bytes"),
+        F.lit(None).cast("timestamp").alias("modified"),
     )
 
 

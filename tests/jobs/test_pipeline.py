@@ -134,3 +134,15 @@ def test_partitions_follow_files_per_partition(spark, sample_dir):
     actual = pipeline.load_images(spark, sample_dir.as_uri()).rdd.getNumPartitions()
     assert expected == 40
     assert abs(actual - expected) <= 2
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        ("file:///tmp/P%C3%AAche%20blanche/%C3%A9t%C3%A9%201.jpg", "file:/tmp/Pêche blanche/été 1.jpg"),
+        ("file:///tmp/Pêche%20blanche/été%201.jpg", "file:/tmp/Pêche blanche/été 1.jpg"),
+        ("s3a://bucket/images/Apple%20Red%201/r_1.jpg", "s3a://bucket/images/Apple Red 1/r_1.jpg"),
+    ],
+)
+def test_listed_uris_match_the_path_column(listed, expected):
+    assert pipeline.path_as_spark_shows_it(listed) == expected

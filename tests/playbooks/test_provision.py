@@ -25,14 +25,25 @@ def fake_ubuntu_amis() -> list[dict]:
     releases = {"bionic-18.04": ("hvm-ssd", "a"), "jammy-22.04": ("hvm-ssd", "b"), "noble-24.04": ("hvm-ssd-gp3", "c")}
     for codename, (store, letter) in releases.items():
         for day, suffix in (("20240101", "1"), ("20250101", "2")):
-            amis.append({
-                "ami_id": f"ami-0{letter}{suffix}{'0' * 14}", "state": "available", "public": True,
-                "owner_id": CANONICAL, "image_location": "amazon/getting-started", "root_device_type": "ebs",
-                "root_device_name": "/dev/sda1", "description": f"Canonical, Ubuntu, {codename}",
-                "image_type": "machine", "platform": None, "architecture": "x86_64",
-                "name": f"ubuntu/images/{store}/ubuntu-{codename}-amd64-server-{day}",
-                "virtualization_type": "hvm", "hypervisor": "xen", "creation_date": f"{day[:4]}-{day[4:6]}-01T00:00:00.000Z",
-            })
+            amis.append(
+                {
+                    "ami_id": f"ami-0{letter}{suffix}{'0' * 14}",
+                    "state": "available",
+                    "public": True,
+                    "owner_id": CANONICAL,
+                    "image_location": "amazon/getting-started",
+                    "root_device_type": "ebs",
+                    "root_device_name": "/dev/sda1",
+                    "description": f"Canonical, Ubuntu, {codename}",
+                    "image_type": "machine",
+                    "platform": None,
+                    "architecture": "x86_64",
+                    "name": f"ubuntu/images/{store}/ubuntu-{codename}-amd64-server-{day}",
+                    "virtualization_type": "hvm",
+                    "hypervisor": "xen",
+                    "creation_date": f"{day[:4]}-{day[4:6]}-01T00:00:00.000Z",
+                }
+            )
     return amis
 
 
@@ -58,16 +69,21 @@ def client(service, endpoint):
 
 def provision_vars(endpoint, directory, **overrides):
     return {
-        "fruitcloud_aws_endpoint_url": endpoint, "fruitcloud_bucket": BUCKET,
-        "aws_infra_ssh_cidr": OPERATOR_CIDR, "aws_infra_wait_for_ssh": False,
-        "aws_infra_private_key_path": str(directory / "keys" / "fruitcloud.pem"), **overrides,
+        "fruitcloud_aws_endpoint_url": endpoint,
+        "fruitcloud_bucket": BUCKET,
+        "aws_infra_ssh_cidr": OPERATOR_CIDR,
+        "aws_infra_wait_for_ssh": False,
+        "aws_infra_private_key_path": str(directory / "keys" / "fruitcloud.pem"),
+        **overrides,
     }
 
 
 def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     endpoint, directory = fresh_aws
     inventory = localhost_inventory(directory)
-    first = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1))
+    first = run_playbook(
+        "provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1)
+    )
     assert first.returncode == 0, first.output[-4000:]
     assert first.recap()["changed"] > 0
     assert "total while running: $0.1" in first.output  # two t2.medium + 60 GB gp3
@@ -76,7 +92,11 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     encryption = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert encryption["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     assert s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"] == {
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+        "BlockPublicAcls": True,
+        "IgnorePublicAcls": True,
+        "BlockPublicPolicy": True,
+        "RestrictPublicBuckets": True,
+    }
     [deny] = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]
     assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
     assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"]}["project"] == "fruitcloud"
@@ -102,7 +122,9 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert set(ingress) == {("tcp", 22), ("-1", None)}, "no Jupyter or other port open"
 
     reservations = ec2.describe_instances(Filters=[{"Name": "tag:project", "Values": ["fruitcloud"]}])["Reservations"]
-    instances = {next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"): i for r in reservations for i in r["Instances"]}
+    instances = {
+        next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"): i for r in reservations for i in r["Instances"]
+    }
     assert set(instances) == {"fruitcloud-master", "fruitcloud-worker-1"}
     master = instances["fruitcloud-master"]
     assert master["InstanceType"] == "t2.medium"
@@ -115,25 +137,35 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     key_file = directory / "keys" / "fruitcloud.pem"
     assert key_file.stat().st_mode & 0o777 == 0o600
 
-    second = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1))
+    second = run_playbook(
+        "provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1)
+    )
     assert second.returncode == 0, second.output[-4000:]
     assert second.recap()["changed"] == 0, second.output[-4000:]
-    check = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1),
-                         "--check")
+    check = run_playbook(
+        "provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_spark_worker_count=1), "--check"
+    )
     assert check.returncode == 0, check.output[-4000:]
     assert check.recap()["changed"] == 0, check.output[-4000:]
 
     inventory_file = directory / "test.aws_ec2.yml"
     config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
     inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
-    listed = subprocess.run([str(REPO / ".venv/bin/ansible-inventory"), "-i", str(inventory_file), "--list"],
-                            env=ansible_env(), capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-inventory"), "-i", str(inventory_file), "--list"],
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     groups = json.loads(listed.stdout)
     assert groups["spark_master"]["hosts"] == ["fruitcloud-master"]
     assert groups["spark_workers"]["hosts"] == ["fruitcloud-worker-1"]
     assert sorted(groups["spark"]["hosts"]) == ["fruitcloud-master", "fruitcloud-worker-1"]
 
-    down = run_playbook("teardown.yml", inventory, {"fruitcloud_aws_endpoint_url": endpoint, "fruitcloud_bucket": BUCKET})
+    down = run_playbook(
+        "teardown.yml", inventory, {"fruitcloud_aws_endpoint_url": endpoint, "fruitcloud_bucket": BUCKET}
+    )
     assert down.returncode == 0, down.output[-4000:]
     states = {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert states == {"terminated"}
@@ -143,8 +175,11 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert iam.list_instance_profiles()["InstanceProfiles"] == []
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [BUCKET], "bucket kept unless asked"
 
-    again = run_playbook("teardown.yml", inventory, {"fruitcloud_aws_endpoint_url": endpoint,
-                                                     "fruitcloud_bucket": BUCKET, "teardown_bucket": True})
+    again = run_playbook(
+        "teardown.yml",
+        inventory,
+        {"fruitcloud_aws_endpoint_url": endpoint, "fruitcloud_bucket": BUCKET, "teardown_bucket": True},
+    )
     assert again.returncode == 0, again.output[-4000:]
     assert s3.list_buckets()["Buckets"] == []
 
@@ -152,8 +187,11 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
 @pytest.mark.parametrize("release", ["18.04", "22.04"])
 def test_ubuntu_release_selects_the_matching_image(fresh_aws, release):
     endpoint, directory = fresh_aws
-    run = run_playbook("provision.yml", localhost_inventory(directory),
-                       provision_vars(endpoint, directory, aws_infra_ubuntu_release=release))
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(endpoint, directory, aws_infra_ubuntu_release=release),
+    )
     assert run.returncode == 0, run.output[-4000:]
     [reservation] = client("ec2", endpoint).describe_instances()["Reservations"]
     assert reservation["Instances"][0]["ImageId"] == {"18.04": "ami-0a2", "22.04": "ami-0b2"}[release] + "0" * 14
@@ -162,8 +200,9 @@ def test_ubuntu_release_selects_the_matching_image(fresh_aws, release):
 @pytest.mark.parametrize("cidr", ["0.0.0.0/0", "not-a-cidr"])
 def test_open_or_invalid_ssh_cidr_is_refused_before_any_change(fresh_aws, cidr):
     endpoint, directory = fresh_aws
-    run = run_playbook("provision.yml", localhost_inventory(directory),
-                       provision_vars(endpoint, directory, aws_infra_ssh_cidr=cidr))
+    run = run_playbook(
+        "provision.yml", localhost_inventory(directory), provision_vars(endpoint, directory, aws_infra_ssh_cidr=cidr)
+    )
     assert run.returncode != 0
     assert "0.0.0.0/0 is refused unless aws_infra_allow_ssh_from_anywhere=true" in run.output
     assert client("s3", endpoint).list_buckets()["Buckets"] == []

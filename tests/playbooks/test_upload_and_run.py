@@ -60,13 +60,18 @@ def test_upload_is_idempotent_and_run_job_brings_back_the_manifest(s3, bucket, m
     run = run_playbook("run_job.yml", inventory, job_vars)
     assert run.returncode == 0, run.output[-5000:]
     manifest = json.loads((tmp_path / "reports" / "flow" / "manifest.json").read_text())
-    assert (manifest["counts"]["inputs"], manifest["counts"]["featurized"], manifest["counts"]["errors"]) == (3976, 3976, 0)
+    assert (manifest["counts"]["inputs"], manifest["counts"]["featurized"], manifest["counts"]["errors"]) == (
+        3976,
+        3976,
+        0,
+    )
     assert f"images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
     assert f"PCA k={manifest['pca']['k']}" in run.output
     assert (tmp_path / "job" / "featurize.zip").is_file()
 
-    failing = run_playbook("run_job.yml", inventory, {**job_vars, "job_run_id": "broken",
-                                                      "job_input": f"s3a://{bucket}/nothing-here/"})
+    failing = run_playbook(
+        "run_job.yml", inventory, {**job_vars, "job_run_id": "broken", "job_input": f"s3a://{bucket}/nothing-here/"}
+    )
     assert failing.returncode != 0
     assert "spark-submit exited with 1" in failing.output
     assert "no image files under s3a://" in failing.output, "the driver log tail explains the failure"

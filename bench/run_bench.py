@@ -1,0 +1,330 @@
+"""`make bench`: where the time goes, against a bare-TensorFlow limit and the usual notebook pipeline.
+
+One run, same images (the Fruits-360 sample), same cores, same image size:
+limit (bare TF), our featurization stage, our end to end over S3 (moto on
+127.0.0.1), the peer notebook pipeline end to end, scaling at 1x/4x/16x, and
+peak RSS of the whole process tree with the 4 GB host settings. Prints a table
+with targets and writes bench/results/bench.json and bench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "jobs"), str(REPO / "scripts")]
+
+from featurize.images import decode_image  # noqa: E402
+from localrun import build_job_zip, s3a_conf, s3a_jars, sample_images, spark_submit_command, upload_tree  # noqa: E402
+from motoserver import TEST_CREDENTIALS, moto_server  # noqa: E402
+
+IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "160"))
+SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1,4,16").split(",")]
+CORES = 2
+# The 4 GB t2.medium settings that roles/spark/defaults/main.yml templates:
+# 30 % of RAM to the JVM, the rest to the TensorFlow Python workers and the OS.
+HOST_4GB_CONF = {"spark.driver.memory": f"{int(4096 * 0.3)}m"}
+BUCKET = "fruitcloud-bench"
+RESULTS = REPO / "bench" / "results"
+
+
+def bare_tf_limit(images: list[bytes]) -> dict:
+    """MobileNetV2 without top on decoded images in memory, compiled call, best batch size."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(CORES)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    model = tf.keras.applications.MobileNetV2(
+        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), include_top=False, pooling="avg", weights=None
+    )
+    started = time.perf_counter()
+    decoded = np.stack([decode_image(data, IMAGE_SIZE) for data in images])
+    decode_rate = len(images) / (time.perf_counter() - started)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)])
+    def extract(batch):
+        return model(tf.keras.applications.mobilenet_v2.preprocess_input(tf.cast(batch, tf.float32)), training=False)
+
+    rates, predict_rates = {}, {}
+    sample = decoded[:1024]
+    for batch_size in (32, 64, 128):
+        extract(sample[:batch_size])
+        started = time.perf_counter()
+        for start in range(0, len(sample), batch_size):
+            extract(sample[start : start + batch_size]).numpy()
+        rates[batch_size] = len(sample) / (time.perf_counter() - started)
+        model.predict(sample[:batch_size], verbose=0)
+        started = time.perf_counter()
+        for start in range(0, len(sample), batch_size):
+            model.predict(sample[start : start + batch_size].astype(np.float32) / 127.5 - 1, verbose=0)
+        predict_rates[batch_size] = len(sample) / (time.perf_counter() - started)
+    best = max(rates, key=rates.get)
+    return {
+        "images_per_s": rates[best],
+        "best_batch": best,
+        "by_batch": rates,
+        "predict_by_batch": predict_rates,
+        "decode_images_per_s_one_core": decode_rate,
+    }
+
+
+def featurization_stage(endpoint: str, prefix: str, n_images: int) -> dict:
+    """The job's UDF alone, on image bytes already cached in Spark (no S3 in the timing)."""
+    from pyspark.sql import SparkSession
+
+    from featurize import pipeline
+    from featurize.batch import FeaturizeSettings
+
+    builder = SparkSession.builder.master(f"local[{CORES}]").config("spark.ui.enabled", "false")
+    builder = builder.config("spark.jars", ",".join(str(j) for j in s3a_jars()))
+    for key, value in {**s3a_conf(endpoint), **HOST_4GB_CONF}.items():
+        builder = builder.config(key, value)
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    spark = builder.getOrCreate()
+    spark.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-bench.zip")))
+    try:
+        uri = f"s3a://{BUCKET}/{prefix}/"
+        pipeline.plan_partitions(spark, n_images, 512)
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        images = pipeline.load_images(spark, uri).cache()
+        images.count()
+        settings = FeaturizeSettings(weights="none", image_size=IMAGE_SIZE, batch_size=64, tf_threads=1)
+        udf = pipeline.make_featurize_udf(settings)
+        small = images.limit(2 * 64)
+        pipeline.featurize(small, udf).write.format("noop").mode("overwrite").save()  # builds the model per worker
+        started = time.perf_counter()
+        pipeline.featurize(images, udf).write.format("noop").mode("overwrite").save()
+        elapsed = time.perf_counter() - started
+    finally:
+        spark.stop()
+    return {"images_per_s": n_images / elapsed, "seconds": elapsed}
+
+
+class TreeMemory:
+    """Peak RSS of a process and all its descendants (JVM + Python workers), sampled."""
+
+    def __init__(self, pid: int, interval: float = 0.25):
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+                total = 0
+                for process in processes:
+                    try:
+                        total += process.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_measured(command: list[str]) -> tuple[float, int, str]:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **TEST_CREDENTIALS}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    memory = TreeMemory(process.pid)
+    output, _ = process.communicate()
+    peak = memory.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"command failed ({process.returncode}):\n{output[-3000:]}")
+    return time.perf_counter() - started, peak, output
+
+
+def replicate(s3, source_prefix: str, target_prefix: str, copies: int) -> int:
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=source_prefix)
+        for o in page.get("Contents", [])
+    ]
+    jobs = [
+        (key, f"{target_prefix}/copy{copy:02d}/{key[len(source_prefix) + 1:]}")
+        for copy in range(copies)
+        for key in keys
+    ]
+
+    def copy(job):
+        s3.copy_object(Bucket=BUCKET, Key=job[1], CopySource={"Bucket": BUCKET, "Key": job[0]})
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(copy, jobs))
+    return len(jobs)
+
+
+def our_end_to_end(endpoint: str, prefix: str, run_id: str) -> dict:
+    args = [
+        "--input",
+        f"s3a://{BUCKET}/{prefix}/",
+        "--output",
+        f"s3a://{BUCKET}/runs/",
+        "--run-id",
+        run_id,
+        "--weights",
+        "none",
+        "--image-size",
+        str(IMAGE_SIZE),
+    ]
+    command = spark_submit_command(
+        args, endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
+    )
+    wall, peak, _ = run_measured(command)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{run_id}/manifest.json")["Body"].read())
+    return {"wall_s": wall, "peak_rss_bytes": peak, "manifest": manifest}
+
+
+def peer_end_to_end(endpoint: str, prefix: str) -> dict:
+    command = spark_submit_command(
+        [], endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
+    )
+    command = command[: command.index(str(REPO / "jobs" / "featurize_images.py"))]
+    command += [
+        str(REPO / "bench" / "peer_pipeline.py"),
+        f"s3a://{BUCKET}/{prefix}/",
+        f"s3a://{BUCKET}/peer/",
+        str(IMAGE_SIZE),
+    ]
+    wall, peak, _ = run_measured(command)
+    return {"wall_s": wall, "peak_rss_bytes": peak}
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> int:
+    os.environ.update(TEST_CREDENTIALS)
+    root = sample_images()
+    files = sorted(root.rglob("*.jpg"))
+    images = [path.read_bytes() for path in files]
+    n = len(images)
+    results: dict = {
+        "machine": {
+            "cpus": psutil.cpu_count(),
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "image_size": IMAGE_SIZE,
+        "cores": CORES,
+        "images_1x": n,
+        "spark_conf": HOST_4GB_CONF,
+    }
+    print(f"benchmark: {n} images, {IMAGE_SIZE}px, {CORES} cores", flush=True)
+
+    results["limit"] = bare_tf_limit(images)
+    print(f"limit: {results['limit']['images_per_s']:.1f} img/s (batch {results['limit']['best_batch']})", flush=True)
+
+    with moto_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        upload_tree(s3, root, BUCKET, "x1")
+        for scale in SCALES:
+            if scale > 1:
+                replicate(s3, "x1", f"x{scale}", scale)
+
+        results["featurization"] = featurization_stage(endpoint, "x1", n)
+        print(f"featurization stage: {results['featurization']['images_per_s']:.1f} img/s", flush=True)
+
+        results["scaling"] = {}
+        for scale in SCALES:
+            run = our_end_to_end(endpoint, f"x{scale}", f"bench-x{scale}")
+            count = run["manifest"]["counts"]["inputs"]
+            results["scaling"][scale] = {
+                "images": count,
+                "wall_s": run["wall_s"],
+                "s_per_image": run["wall_s"] / count,
+                "peak_rss_bytes": run["peak_rss_bytes"],
+                "stages_s": run["manifest"]["timing"]["stages_seconds"],
+                "worker_cpu_s": run["manifest"]["timing"]["worker_cpu_seconds"],
+            }
+            print(
+                f"ours end to end x{scale}: {count} images in {run['wall_s']:.1f}s "
+                f"({count / run['wall_s']:.1f} img/s), peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GB",
+                flush=True,
+            )
+
+        results["peer"] = peer_end_to_end(endpoint, "x1")
+        print(f"peer end to end x1: {results['peer']['wall_s']:.1f}s", flush=True)
+
+    report = summarize(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+    (RESULTS / "bench.md").write_text(report)
+    print("\n" + report)
+    return 0
+
+
+def summarize(results: dict) -> str:
+    limit = results["limit"]["images_per_s"]
+    feat = results["featurization"]["images_per_s"]
+    ours = results["scaling"][1]
+    peer = results["peer"]["wall_s"]
+    largest = max(results["scaling"])
+    per_image = {scale: row["s_per_image"] for scale, row in results["scaling"].items()}
+    drift = per_image[largest] / per_image[1] - 1
+    peak = results["scaling"][largest]["peak_rss_bytes"]
+    projected_90k = per_image[largest] * 90_000
+    lines = [
+        f"# Benchmark ({results['images_1x']} Fruits-360 images, {results['image_size']} px, {results['cores']} cores, "
+        f"{results['machine']['ram_gb']} GB RAM, driver heap {results['spark_conf']['spark.driver.memory']})",
+        "",
+        "| measure | value | target | ratio | verdict |",
+        "|---|---:|---|---:|---|",
+        f"| bare TF limit (batch {results['limit']['best_batch']}) | {limit:.1f} img/s | | | |",
+        f"| `model.predict` per batch | {max(results['limit']['predict_by_batch'].values()):.1f} img/s | | | |",
+        f"| our featurization stage | {feat:.1f} img/s | ≥ 90 % of limit | {feat / limit:.2f} | {verdict(feat >= 0.9 * limit)} |",
+        f"| our end to end x1 | {ours['wall_s']:.1f} s ({ours['images'] / ours['wall_s']:.1f} img/s) | | | |",
+        f"| peer notebook end to end x1 | {peer:.1f} s | ours ≥ 2x faster | {peer / ours['wall_s']:.2f}x | "
+        f"{verdict(peer >= 2 * ours['wall_s'])} |",
+    ]
+    for scale, row in sorted(results["scaling"].items()):
+        lines.append(f"| time per image x{scale} ({row['images']} images) | {1000 * row['s_per_image']:.2f} ms | | | |")
+    lines += [
+        f"| per-image drift x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | | {verdict(abs(drift) <= 0.15)} |",
+        f"| peak RSS x{largest} (JVM + Python workers) | {peak / 2**30:.2f} GB | ≤ 3 GB | | {verdict(peak <= 3 * 2**30)} |",
+        f"| projected 90,000 images on this machine | {projected_90k / 60:.0f} min | | | |",
+        "",
+        f"## Where the time goes (x{largest}, seconds)",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+    ]
+    row = results["scaling"][largest]
+    for stage, seconds in row["stages_s"].items():
+        lines.append(f"| {stage} | {seconds:.1f} |")
+    lines += [
+        f"| (inside featurize) decode, CPU-seconds over all workers | {row['worker_cpu_s']['decode']:.1f} |",
+        f"| (inside featurize) CNN, CPU-seconds over all workers | {row['worker_cpu_s']['cnn']:.1f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Every input ends in features or errors, with a readable reason; unusable runs fail in one line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localrun import run_job, spark_submit_command
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def messy_tree(tmp_path, sample_dir):
+    root = tmp_path / "images"
+    jpeg = next((sample_dir / "Kiwi").glob("*.jpg")).read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {
+        "Kiwi/zero.jpg": b"",
+        "Kiwi/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "Kiwi/text.jpg": b"this is not an image",
+        "Kiwi/alpha.png": encoded(Image.new("RGBA", (30, 30), (0, 255, 0, 128)), "PNG"),
+        "Kiwi/gray.jpg": encoded(Image.new("L", (30, 30), 90), "JPEG"),
+        "Kiwi/cmyk.jpg": encoded(Image.new("CMYK", (30, 30), (0, 0, 255, 0)), "JPEG"),
+        "Kiwi/palette.gif": encoded(Image.new("P", (30, 30), 3), "GIF"),
+        "Kiwi/sixteen.png": encoded(Image.fromarray(np.full((30, 30), 40000, dtype=np.uint16)), "PNG"),
+        "Kiwi/rotated.jpg": encoded(Image.new("RGB", (40, 20), (200, 10, 10)), "JPEG", exif=exif.tobytes()),
+        "Kiwi/huge.png": encoded(Image.new("1", (3000, 3000)), "PNG"),
+        "Kiwi/UPPER.JPG": jpeg,
+        "Pêche blanche/été 1.jpg": jpeg,
+        "loose.jpg": jpeg,
+        "Kiwi/notes.txt": b"ignored, not an image extension",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
+    out = tmp_path / "out"
+    result = run_job(
+        [
+            "--input",
+            messy_tree.as_uri(),
+            "--output",
+            out.as_uri(),
+            "--run-id",
+            "messy",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--pca-k",
+            "2",
+            "--max-image-pixels",
+            "4000000",
+        ],
+        endpoint=None,
+    )
+    assert result.returncode == 0
+    manifest = json.loads((out / "messy" / "manifest.json").read_text())
+    root = f"file:{messy_tree}"
+    features = {r.path[len(root) + 1 :]: r.label for r in spark.read.parquet(str(out / "messy" / "features")).collect()}
+    errors = {
+        r.path[len(root) + 1 :]: (r.label, r.stage, r.reason)
+        for r in spark.read.parquet(str(out / "messy" / "errors")).collect()
+    }
+
+    assert features == {
+        "Kiwi/alpha.png": "Kiwi",
+        "Kiwi/gray.jpg": "Kiwi",
+        "Kiwi/cmyk.jpg": "Kiwi",
+        "Kiwi/palette.gif": "Kiwi",
+        "Kiwi/sixteen.png": "Kiwi",
+        "Kiwi/rotated.jpg": "Kiwi",
+        "Kiwi/UPPER.JPG": "Kiwi",
+        "Pêche blanche/été 1.jpg": "Pêche blanche",
+        "loose.jpg": None,
+    }
+    assert {path: reason[1:] for path, reason in errors.items()} == {
+        "Kiwi/zero.jpg": ("read", "empty file (0 bytes), skipped by Spark's file scan"),
+        "Kiwi/text.jpg": ("decode", "not a recognised image format"),
+        "Kiwi/truncated.jpg": ("decode", errors["Kiwi/truncated.jpg"][2]),
+        "Kiwi/huge.png": (
+            "decode",
+            "image too large: 3000x3000 = 9000000 pixels, limit is 4000000 (--max-image-pixels)",
+        ),
+    }
+    assert errors["Kiwi/truncated.jpg"][2].startswith("corrupt image data")
+    assert manifest["counts"] | {"per_class": None} == {
+        "files": 14,
+        "ignored_non_images": 1,
+        "inputs": 13,
+        "featurized": 9,
+        "errors": 4,
+        "classes": 3,
+        "per_class": None,
+    }
+
+
+def run_failing(args: list[str], endpoint=None, **env) -> subprocess.CompletedProcess:
+    """spark-submit the job; its Python driver's log lines arrive on stdout (Spark merges the streams)."""
+    return subprocess.run(
+        spark_submit_command(args, endpoint),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable, **env},
+    )
+
+
+def test_missing_bucket_fails_in_one_line_and_writes_nothing(moto_endpoint, s3):
+    result = run_failing(
+        ["--input", "s3a://no-such-bucket/images/", "--output", "s3a://no-such-bucket/runs/", "--weights", "none"],
+        moto_endpoint,
+    )
+    assert result.returncode == 1
+    assert "failed: bucket does not exist: s3://no-such-bucket" in result.stdout
+
+
+def test_empty_prefix_fails_without_a_manifest(moto_endpoint, s3, bucket):
+    result = run_failing(
+        [
+            "--input",
+            f"s3a://{bucket}/nothing/",
+            "--output",
+            f"s3a://{bucket}/runs/",
+            "--run-id",
+            "empty",
+            "--weights",
+            "none",
+        ],
+        moto_endpoint,
+    )
+    assert result.returncode == 1
+    assert f"no image files under s3a://{bucket}/nothing/" in result.stdout
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="runs/")
+
+
+def test_missing_imagenet_weights_fail_on_the_driver_with_the_fix(tmp_path):
+    result = run_failing(
+        ["--input", tmp_path.as_uri(), "--output", tmp_path.as_uri(), "--weights", "imagenet"],
+        KERAS_HOME=str(tmp_path / "keras"),
+    )
+    assert result.returncode == 2
+    assert "ImageNet weights not found" in result.stdout
+    assert "model_weights role" in result.stdout
+
+
+def test_credentials_never_reach_logs_or_outputs(moto_endpoint, s3, bucket, sample_dir):
+    secret = "FRUITCLOUD-SECRET-KEY-0123456789"
+    for path in sorted((sample_dir / "Mango").glob("*.jpg"))[:5]:
+        s3.upload_file(str(path), bucket, f"images/Mango/{path.name}")
+    result = run_failing(
+        [
+            "--input",
+            f"s3a://{bucket}/images/",
+            "--output",
+            f"s3a://{bucket}/runs/",
+            "--run-id",
+            "creds",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--pca-k",
+            "2",
+        ],
+        moto_endpoint,
+        AWS_ACCESS_KEY_ID="AKIAFRUITCLOUDTEST01",
+        AWS_SECRET_ACCESS_KEY=secret,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    everything = result.stdout + result.stderr
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/creds/"):
+        for obj in page["Contents"]:
+            everything += s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode("latin-1")
+    assert "AKIAFRUITCLOUDTEST01" not in everything
+    assert secret not in everything
