@@ -9,6 +9,7 @@ with targets and writes bench/results/bench.json and bench.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -82,10 +83,9 @@ def bare_tf_limit(images: list[bytes]) -> dict:
 
 def featurization_stage(endpoint: str, prefix: str, n_images: int) -> dict:
     """The job's UDF alone, on image bytes already cached in Spark (no S3 in the timing)."""
-    from pyspark.sql import SparkSession
-
     from featurize import pipeline
     from featurize.batch import FeaturizeSettings
+    from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(f"local[{CORES}]").config("spark.ui.enabled", "false")
     builder = builder.config("spark.jars", ",".join(str(j) for j in s3a_jars()))
@@ -129,10 +129,8 @@ class TreeMemory:
                 processes = [self.root, *self.root.children(recursive=True)]
                 total = 0
                 for process in processes:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         total += process.memory_info().rss
-                    except psutil.Error:
-                        pass
                 self.peak = max(self.peak, total)
             except psutil.Error:
                 pass
@@ -298,7 +296,8 @@ def summarize(results: dict) -> str:
         "|---|---:|---|---:|---|",
         f"| bare TF limit (batch {results['limit']['best_batch']}) | {limit:.1f} img/s | | | |",
         f"| `model.predict` per batch | {max(results['limit']['predict_by_batch'].values()):.1f} img/s | | | |",
-        f"| our featurization stage | {feat:.1f} img/s | ≥ 90 % of limit | {feat / limit:.2f} | {verdict(feat >= 0.9 * limit)} |",
+        f"| our featurization stage | {feat:.1f} img/s | ≥ 90 % of limit | {feat / limit:.2f} "
+        f"| {verdict(feat >= 0.9 * limit)} |",
         f"| our end to end x1 | {ours['wall_s']:.1f} s ({ours['images'] / ours['wall_s']:.1f} img/s) | | | |",
         f"| peer notebook end to end x1 | {peer:.1f} s | ours ≥ 2x faster | {peer / ours['wall_s']:.2f}x | "
         f"{verdict(peer >= 2 * ours['wall_s'])} |",
@@ -306,8 +305,10 @@ def summarize(results: dict) -> str:
     for scale, row in sorted(results["scaling"].items()):
         lines.append(f"| time per image x{scale} ({row['images']} images) | {1000 * row['s_per_image']:.2f} ms | | | |")
     lines += [
-        f"| per-image drift x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | | {verdict(abs(drift) <= 0.15)} |",
-        f"| peak RSS x{largest} (JVM + Python workers) | {peak / 2**30:.2f} GB | ≤ 3 GB | | {verdict(peak <= 3 * 2**30)} |",
+        f"| per-image drift x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | "
+        f"| {verdict(abs(drift) <= 0.15)} |",
+        f"| peak RSS x{largest} (JVM + Python workers) | {peak / 2**30:.2f} GB | ≤ 3 GB | "
+        f"| {verdict(peak <= 3 * 2**30)} |",
         f"| projected 90,000 images on this machine | {projected_90k / 60:.0f} min | | | |",
         "",
         f"## Where the time goes (x{largest}, seconds)",

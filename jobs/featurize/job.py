@@ -248,7 +248,7 @@ def run(spark, args: argparse.Namespace) -> dict:
         pca.model.write().overwrite().save(join(run_uri, "pca_model"))
 
     wall = sum(clock.seconds.values())
-    manifest = {
+    manifest: dict = {
         "run_id": args.run_id,
         "status": "complete",
         "started_at": started_at.isoformat(timespec="seconds"),
@@ -287,6 +287,9 @@ def run(spark, args: argparse.Namespace) -> dict:
         },
         "outputs": {name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")},
     }
+    with clock.stage("report") as details:
+        manifest["outputs"]["report"] = write_report(spark, storage, manifest, run_uri, featurized)
+        details.update(uri=manifest["outputs"]["report"])
     # Written last: a run without manifest.json is not complete, whatever else is there.
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
     log.info(
@@ -301,6 +304,35 @@ def run(spark, args: argparse.Namespace) -> dict:
         manifest_uri,
     )
     return manifest
+
+
+def write_report(spark, storage: Storage, manifest: dict, run_uri: str, featurized: int) -> str | None:
+    """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    from featurize.report import SCATTER_SAMPLE, build_report
+
+    try:
+        pca = spark.read.parquet(join(run_uri, "pca"))
+        fraction = min(1.0, 1.2 * SCATTER_SAMPLE / max(featurized, 1))
+        sample = (
+            pca.sample(fraction=fraction, seed=0)
+            .limit(SCATTER_SAMPLE)
+            .select(vector_to_array("pca").alias("pca"), "label")
+            .collect()
+        )
+        points = [(row.pca[0], row.pca[1] if len(row.pca) > 1 else 0.0, row.label) for row in sample]
+        reasons = spark.read.parquet(join(run_uri, "errors")).groupBy("reason").count().orderBy(F.desc("count"))
+        errors_by_reason = {row["reason"]: row["count"] for row in reasons.limit(30).collect()}
+        report_uri = join(run_uri, "report")
+        for name, data in build_report(manifest, points, errors_by_reason).items():
+            content_type = "text/html" if name.endswith(".html") else "image/png"
+            storage.write_bytes(join(report_uri, name), data, content_type)
+        return join(report_uri, "report.html")
+    except Exception:  # the data outputs are complete; a plotting problem must not discard them
+        log.exception("report could not be written; the run's data outputs are complete")
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

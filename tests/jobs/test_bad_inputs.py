@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from localrun import run_job, spark_submit_command
+from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 

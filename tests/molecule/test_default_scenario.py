@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ansible_helpers import REPO
 
 pytestmark = pytest.mark.molecule

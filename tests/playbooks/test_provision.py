@@ -10,7 +10,6 @@ import boto3
 import moto
 import pytest
 import yaml
-
 from ansible_helpers import REPO, ansible_env, localhost_inventory, run_playbook
 from motoserver import moto_server
 
@@ -21,7 +20,8 @@ CANONICAL = "099720109477"
 
 def fake_ubuntu_amis() -> list[dict]:
     """moto's own images plus Canonical jammy/noble/bionic entries (moto has only trusty and xenial)."""
-    amis = json.loads(gzip.open(f"{moto.__path__[0]}/ec2/resources/amis.json.gz").read())
+    with gzip.open(f"{moto.__path__[0]}/ec2/resources/amis.json.gz") as packed:
+        amis = json.loads(packed.read())
     releases = {"bionic-18.04": ("hvm-ssd", "a"), "jammy-22.04": ("hvm-ssd", "b"), "noble-24.04": ("hvm-ssd-gp3", "c")}
     for codename, (store, letter) in releases.items():
         for day, suffix in (("20240101", "1"), ("20250101", "2")):

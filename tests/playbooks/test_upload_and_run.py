@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from ansible_helpers import REPO, run_playbook
 from localrun import JARS_DIR, S3A_JARS, s3a_conf
 
@@ -65,7 +64,7 @@ def test_upload_is_idempotent_and_run_job_brings_back_the_manifest(s3, bucket, m
         3976,
         0,
     )
-    assert f"images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
+    assert "images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
     assert f"PCA k={manifest['pca']['k']}" in run.output
     assert (tmp_path / "job" / "featurize.zip").is_file()
 

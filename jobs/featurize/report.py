@@ -1,0 +1,138 @@
+"""The run report: PNG plots and an HTML page beside the outputs, from aggregates and a bounded sample."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+SCATTER_SAMPLE = 5000
+SPECTRUM_SHOWN = 100
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def explained_variance_plot(spectrum: list[float], k: int, target: float | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    shown = min(len(spectrum), max(SPECTRUM_SHOWN, k + 10))
+    components = np.arange(1, shown + 1)
+    cumulative = np.cumsum(spectrum)[:shown]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.bar(components, spectrum[:shown], color="#9ecae1", label="per component")
+    axis.plot(components, cumulative, color="#08519c", label="cumulative")
+    axis.axvline(k, color="#d62728", linestyle="--", label=f"chosen k = {k}")
+    if target:
+        axis.axhline(target, color="#999999", linestyle=":", label=f"target {target:.0%}")
+    axis.set(
+        xlabel="principal component", ylabel="explained variance ratio", ylim=(0, 1.02), title="PCA explained variance"
+    )
+    axis.legend(loc="center right")
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def scatter_plot(points: list[tuple[float, float, str | None]], total: int) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 6))
+    labels = sorted({str(label) for _, _, label in points})
+    colours = plt.get_cmap("tab20", max(len(labels), 1))
+    for index, label in enumerate(labels):
+        xs = [x for x, _, lab in points if str(lab) == label]
+        ys = [y for _, y, lab in points if str(lab) == label]
+        axis.scatter(xs, ys, s=6, color=colours(index), label=label, alpha=0.7)
+    axis.set(xlabel="PC 1", ylabel="PC 2", title=f"First two components ({len(points)} of {total} images)")
+    if len(labels) <= 30:
+        axis.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def bar_plot(values: dict[str, float], title: str, xlabel: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(values) or ["(none)"]
+    heights = list(values.values()) or [0]
+    figure, axis = plt.subplots(figsize=(7, max(2.0, 0.28 * len(names) + 1)))
+    axis.barh(names, heights, color="#6baed6")
+    axis.invert_yaxis()
+    axis.set(title=title, xlabel=xlabel)
+    axis.tick_params(axis="y", labelsize=7)
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
+def render_html(manifest: dict, images: dict[str, str], errors_by_reason: dict[str, int]) -> str:
+    counts, pca, timing = manifest["counts"], manifest["pca"], manifest["timing"]
+    rows = "".join(
+        f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(json.dumps(value))}</td></tr>"
+        for key, value in {**manifest["parameters"], **manifest["versions"]}.items()
+    )
+    reasons = (
+        "".join(
+            f"<tr><td>{html.escape(reason)}</td><td>{count}</td></tr>" for reason, count in errors_by_reason.items()
+        )
+        or "<tr><td colspan=2>no errors</td></tr>"
+    )
+    figures = "".join(
+        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        for name, caption in images.items()
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fruitcloud run {html.escape(manifest["run_id"])}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td{{padding:2px 8px}}
+figure{{display:inline-block;margin:1em}}img{{max-width:440px}}</style></head><body>
+<h1>Run {html.escape(manifest["run_id"])}</h1>
+<p>{counts["inputs"]} images from {html.escape(manifest["input"])}: {counts["featurized"]} featurized,
+{counts["errors"]} errors, {counts["ignored_non_images"]} non-image files ignored, {counts["classes"]} classes.
+PCA keeps k = {pca["k"]} components ({100 * pca["explained_variance_at_k"]:.1f}% of the variance).
+Wall time {timing["wall_seconds"]:.1f} s, {timing["images_per_second"]} images/s.</p>
+<p>Outputs: {html.escape(manifest["output"])}</p>
+{figures}
+<h2>Errors by reason</h2><table>{reasons}</table>
+<h2>Parameters and versions</h2><table>{rows}</table>
+</body></html>
+"""
+
+
+def build_report(manifest: dict, pca_points: list, errors_by_reason: dict[str, int]) -> dict[str, bytes]:
+    """Files of the report folder, by name."""
+    stages = manifest["timing"]["stages_seconds"]
+    files = {
+        "explained_variance.png": explained_variance_plot(
+            manifest["pca"]["explained_variance"], manifest["pca"]["k"], manifest["pca"]["target_variance"]
+        ),
+        "pca_scatter.png": scatter_plot(pca_points, manifest["counts"]["featurized"]),
+        "class_counts.png": bar_plot(
+            {str(k): v for k, v in manifest["counts"]["per_class"].items()}, "Images per class", "images"
+        ),
+        "stage_seconds.png": bar_plot(stages, "Wall time per stage", "seconds"),
+        "errors_by_reason.png": bar_plot(errors_by_reason, "Errors by reason", "images"),
+    }
+    captions = {
+        "explained_variance.png": "Explained variance, per component and cumulative; chosen k marked",
+        "pca_scatter.png": "PC 1 vs PC 2, coloured by class (uniform sample)",
+        "class_counts.png": "Featurized images per class",
+        "stage_seconds.png": "Wall time per stage",
+        "errors_by_reason.png": "Errors by reason",
+    }
+    files["report.html"] = render_html(manifest, captions, errors_by_reason).encode()
+    return files
