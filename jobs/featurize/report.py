@@ -93,7 +93,8 @@ def render_html(manifest: dict, images: dict[str, str], errors_by_reason: dict[s
         or "<tr><td colspan=2>no errors</td></tr>"
     )
     figures = "".join(
-        f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+        f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in images.items()
     )
     return f"""<!doctype html>

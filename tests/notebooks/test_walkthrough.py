@@ -8,9 +8,8 @@ import sys
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-
 from localrun import REPO, build_job_zip, s3a_conf, s3a_jars, upload_tree
+from nbclient import NotebookClient
 
 pytestmark = pytest.mark.e2e
 
