@@ -62,3 +62,6 @@ test: lint test-python ## Linters and the whole test suite
 
 clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache
+
+bench: venv jars ## Benchmark: limit vs ours vs the notebook pipeline, scaling, memory (writes bench/results/)
+	$(BIN)/python bench/run_bench.py

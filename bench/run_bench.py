@@ -34,9 +34,10 @@ from motoserver import TEST_CREDENTIALS, moto_server  # noqa: E402
 IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "160"))
 SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1,4,16").split(",")]
 CORES = 2
+BATCH_SIZE = 32
 # The 4 GB t2.medium settings that roles/spark/defaults/main.yml templates:
-# 30 % of RAM to the JVM, the rest to the TensorFlow Python workers and the OS.
-HOST_4GB_CONF = {"spark.driver.memory": f"{int(4096 * 0.3)}m"}
+# 25 % of RAM to the JVM, the rest to the TensorFlow Python workers and the OS.
+HOST_4GB_CONF = {"spark.driver.memory": f"{int(4096 * 0.25)}m"}
 BUCKET = "fruitcloud-bench"
 RESULTS = REPO / "bench" / "results"
 
@@ -60,7 +61,7 @@ def bare_tf_limit(images: list[bytes]) -> dict:
 
     rates, predict_rates = {}, {}
     sample = decoded[:1024]
-    for batch_size in (32, 64, 128):
+    for batch_size in (8, 16, 32, 64, 128):
         extract(sample[:batch_size])
         started = time.perf_counter()
         for start in range(0, len(sample), batch_size):
@@ -81,7 +82,7 @@ def bare_tf_limit(images: list[bytes]) -> dict:
     }
 
 
-def featurization_stage(endpoint: str, prefix: str, n_images: int) -> dict:
+def featurization_stage(endpoint: str, n_images: int) -> dict:
     """The job's UDF alone, on image bytes already cached in Spark (no S3 in the timing)."""
     from featurize import pipeline
     from featurize.batch import FeaturizeSettings
@@ -95,12 +96,12 @@ def featurization_stage(endpoint: str, prefix: str, n_images: int) -> dict:
     spark = builder.getOrCreate()
     spark.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-bench.zip")))
     try:
-        uri = f"s3a://{BUCKET}/{prefix}/"
-        pipeline.plan_partitions(spark, n_images, 512)
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        uri = f"s3a://{bucket_of(1)}/images/"
+        pipeline.plan_partitions(spark, n_images, 256)
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_SIZE))
         images = pipeline.load_images(spark, uri).cache()
         images.count()
-        settings = FeaturizeSettings(weights="none", image_size=IMAGE_SIZE, batch_size=64, tf_threads=1)
+        settings = FeaturizeSettings(weights="none", image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, tf_threads=1)
         udf = pipeline.make_featurize_udf(settings)
         small = images.limit(2 * 64)
         pipeline.featurize(small, udf).write.format("noop").mode("overwrite").save()  # builds the model per worker
@@ -113,9 +114,13 @@ def featurization_stage(endpoint: str, prefix: str, n_images: int) -> dict:
 
 
 class TreeMemory:
-    """Peak RSS of a process and all its descendants (JVM + Python workers), sampled."""
+    """Peak memory of a process and all its descendants (JVM + Python workers), sampled.
 
-    def __init__(self, pid: int, interval: float = 0.25):
+    Counted as PSS: Spark forks its Python workers from one daemon, and plain
+    RSS would count their shared pages once per process.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.5):
         self.root = psutil.Process(pid)
         self.peak = 0
         self.interval = interval
@@ -130,7 +135,7 @@ class TreeMemory:
                 total = 0
                 for process in processes:
                     with contextlib.suppress(psutil.Error):
-                        total += process.memory_info().rss
+                        total += process.memory_full_info().pss
                 self.peak = max(self.peak, total)
             except psutil.Error:
                 pass
@@ -154,32 +159,32 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - started, peak, output
 
 
-def replicate(s3, source_prefix: str, target_prefix: str, copies: int) -> int:
-    keys = [
-        o["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=source_prefix)
-        for o in page.get("Contents", [])
-    ]
-    jobs = [
-        (key, f"{target_prefix}/copy{copy:02d}/{key[len(source_prefix) + 1:]}")
-        for copy in range(copies)
-        for key in keys
-    ]
+def bucket_of(scale: int) -> str:
+    """One bucket per scale: moto's listing cost grows with the bucket's size, S3's does not."""
+    return f"{BUCKET}-x{scale}"
+
+
+def replicate(s3, scale: int) -> int:
+    """Copy the x1 images ``scale`` times under distinct keys (copyNN/<class>/<file>)."""
+    s3.create_bucket(Bucket=bucket_of(scale), CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket_of(1), Prefix="images/")
+    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    jobs = [(key, f"images/copy{copy:02d}/{key[len('images/'):]}") for copy in range(scale) for key in keys]
 
     def copy(job):
-        s3.copy_object(Bucket=BUCKET, Key=job[1], CopySource={"Bucket": BUCKET, "Key": job[0]})
+        s3.copy_object(Bucket=bucket_of(scale), Key=job[1], CopySource={"Bucket": bucket_of(1), "Key": job[0]})
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(copy, jobs))
     return len(jobs)
 
 
-def our_end_to_end(endpoint: str, prefix: str, run_id: str) -> dict:
+def our_end_to_end(endpoint: str, scale: int, run_id: str) -> dict:
     args = [
         "--input",
-        f"s3a://{BUCKET}/{prefix}/",
+        f"s3a://{bucket_of(scale)}/images/",
         "--output",
-        f"s3a://{BUCKET}/runs/",
+        f"s3a://{bucket_of(scale)}/runs/",
         "--run-id",
         run_id,
         "--weights",
@@ -192,19 +197,19 @@ def our_end_to_end(endpoint: str, prefix: str, run_id: str) -> dict:
     )
     wall, peak, _ = run_measured(command)
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{run_id}/manifest.json")["Body"].read())
+    manifest = json.loads(s3.get_object(Bucket=bucket_of(scale), Key=f"runs/{run_id}/manifest.json")["Body"].read())
     return {"wall_s": wall, "peak_rss_bytes": peak, "manifest": manifest}
 
 
-def peer_end_to_end(endpoint: str, prefix: str) -> dict:
+def peer_end_to_end(endpoint: str) -> dict:
     command = spark_submit_command(
         [], endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
     )
     command = command[: command.index(str(REPO / "jobs" / "featurize_images.py"))]
     command += [
         str(REPO / "bench" / "peer_pipeline.py"),
-        f"s3a://{BUCKET}/{prefix}/",
-        f"s3a://{BUCKET}/peer/",
+        f"s3a://{bucket_of(1)}/images/",
+        f"s3a://{bucket_of(1)}/peer/",
         str(IMAGE_SIZE),
     ]
     wall, peak, _ = run_measured(command)
@@ -240,18 +245,18 @@ def main() -> int:
 
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        upload_tree(s3, root, BUCKET, "x1")
+        s3.create_bucket(Bucket=bucket_of(1), CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        upload_tree(s3, root, bucket_of(1), "images")
         for scale in SCALES:
             if scale > 1:
-                replicate(s3, "x1", f"x{scale}", scale)
+                replicate(s3, scale)
 
-        results["featurization"] = featurization_stage(endpoint, "x1", n)
+        results["featurization"] = featurization_stage(endpoint, n)
         print(f"featurization stage: {results['featurization']['images_per_s']:.1f} img/s", flush=True)
 
         results["scaling"] = {}
         for scale in SCALES:
-            run = our_end_to_end(endpoint, f"x{scale}", f"bench-x{scale}")
+            run = our_end_to_end(endpoint, scale, f"bench-x{scale}")
             count = run["manifest"]["counts"]["inputs"]
             results["scaling"][scale] = {
                 "images": count,
@@ -267,7 +272,7 @@ def main() -> int:
                 flush=True,
             )
 
-        results["peer"] = peer_end_to_end(endpoint, "x1")
+        results["peer"] = peer_end_to_end(endpoint)
         print(f"peer end to end x1: {results['peer']['wall_s']:.1f}s", flush=True)
 
     report = summarize(results)

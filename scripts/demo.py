@@ -10,12 +10,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import boto3
 from localrun import run_job, sample_images, upload_tree
 from motoserver import TEST_CREDENTIALS, moto_server
 
 BUCKET = "fruitcloud-demo"
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
 
 def main() -> int:
@@ -68,6 +70,13 @@ def main() -> int:
         print("\noutput objects:")
         for obj in _objects(s3, f"runs/{run_id}/"):
             print(f"  {obj['Size']:>10}  s3://{BUCKET}/{obj['Key']}")
+        local = REPORTS / run_id
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for obj in _objects(s3, f"runs/{run_id}/report/"):
+            (local / "report").mkdir(exist_ok=True)
+            s3.download_file(BUCKET, obj["Key"], str(local / "report" / obj["Key"].rsplit("/", 1)[-1]))
+        print(f"\nreport: {local / 'report' / 'report.html'} (copied from s3://{BUCKET}/runs/{run_id}/report/)")
     return 0
 
 

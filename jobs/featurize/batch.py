@@ -18,7 +18,7 @@ RESULT_COLUMNS = ["features", "error_stage", "error"]
 class FeaturizeSettings:
     weights: str = "imagenet"
     image_size: int = 224
-    batch_size: int = 64
+    batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
     tf_threads: int = 1
 

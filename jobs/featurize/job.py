@@ -14,6 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
+from importlib import metadata
 from datetime import datetime, timezone
 
 from featurize import __version__
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size",
         type=_bounded_int(1, 4096),
-        default=64,
+        default=32,
         help="images per CNN call and per Arrow batch (default: %(default)s)",
     )
     pca = parser.add_mutually_exclusive_group()
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--files-per-partition",
         type=_bounded_int(1, 100_000),
-        default=512,
+        default=256,
         help="images per Spark task (default: %(default)s)",
     )
     parser.add_argument(
@@ -158,12 +159,13 @@ def library_versions() -> dict[str, str]:
         "pyarrow": pyarrow.__version__,
         "pillow": PIL.__version__,
     }
-    try:
-        import tensorflow
-
-        versions["tensorflow"] = tensorflow.__version__
-    except ImportError:
-        versions["tensorflow"] = "not installed on the driver"
+    # Read from the package metadata: importing TensorFlow would cost the driver ~0.5 GB.
+    for distribution in ("tensorflow-cpu", "tensorflow"):
+        try:
+            versions["tensorflow"] = metadata.version(distribution)
+            break
+        except metadata.PackageNotFoundError:
+            versions["tensorflow"] = "not installed on the driver"
     return versions
 
 

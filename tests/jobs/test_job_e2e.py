@@ -74,6 +74,17 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
     assert sum(spectrum[:k]) >= 0.9 > sum(spectrum[: k - 1])
     assert set(manifest["timing"]["stages_seconds"]) >= {"list", "featurize_and_write_features", "pca_fit"}
 
+    report_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/e2e/report/")["Contents"]]
+    pngs = sorted(key.rsplit("/", 1)[-1] for key in report_keys if key.endswith(".png"))
+    assert pngs == ["class_counts.png", "errors_by_reason.png", "explained_variance.png", "pca_scatter.png",
+                    "stage_seconds.png"]
+    for name in pngs:
+        data = s3.get_object(Bucket=bucket, Key=f"runs/e2e/report/{name}")["Body"].read()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name
+    page = s3.get_object(Bucket=bucket, Key="runs/e2e/report/report.html")["Body"].read().decode()
+    assert all(f'src="{name}"' in page for name in pngs)
+    assert manifest["outputs"]["report"] == f"{run_root}/report/report.html"
+
     rerun = run_job(args, moto_endpoint)
     assert rerun.returncode == 0
     again = json.loads(s3.get_object(Bucket=bucket, Key="runs/e2e/manifest.json")["Body"].read())
