@@ -14,8 +14,8 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from importlib import metadata
 from datetime import datetime, timezone
+from importlib import metadata
 
 from featurize import __version__
 from featurize.batch import FeaturizeSettings

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pyspark.ml.functions import vector_to_array
-
 from localrun import run_job
 from motoserver import free_port
+from pyspark.ml.functions import vector_to_array
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
@@ -24,18 +23,54 @@ SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 @pytest.fixture
 def standalone_cluster(tmp_path):
     port, ui = free_port(), free_port()
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOG_DIR": str(tmp_path / "logs")}
-    processes = [subprocess.Popen(
-        [str(SPARK_CLASS), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-         "--webui-port", str(ui)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    env = {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOG_DIR": str(tmp_path / "logs"),
+    }
+    processes = [
+        subprocess.Popen(
+            [
+                str(SPARK_CLASS),
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     for index in (1, 2):
         work = tmp_path / f"worker{index}"
         work.mkdir()
-        processes.append(subprocess.Popen(
-            [str(SPARK_CLASS), "org.apache.spark.deploy.worker.Worker", "--cores", "1", "--memory", "1500m",
-             "--work-dir", str(work), "--webui-port", str(free_port()), "--host", "127.0.0.1",
-             f"spark://127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(SPARK_CLASS),
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "1500m",
+                    "--work-dir",
+                    str(work),
+                    "--webui-port",
+                    str(free_port()),
+                    "--host",
+                    "127.0.0.1",
+                    f"spark://127.0.0.1:{port}",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -64,11 +99,30 @@ def test_cluster_run_equals_local_run(spark, s3, bucket, moto_endpoint, sample_d
     for folder in ("Lemon", "Limes", "Orange"):
         for path in sorted((sample_dir / folder).glob("*.jpg"))[:60]:
             s3.upload_file(str(path), bucket, f"images/{folder}/{path.name}")
-    common = ["--input", f"s3a://{bucket}/images/", "--output", f"s3a://{bucket}/runs/", "--weights", "none",
-              "--image-size", "96", "--pca-k", "8", "--files-per-partition", "45"]
+    common = [
+        "--input",
+        f"s3a://{bucket}/images/",
+        "--output",
+        f"s3a://{bucket}/runs/",
+        "--weights",
+        "none",
+        "--image-size",
+        "96",
+        "--pca-k",
+        "8",
+        "--files-per-partition",
+        "45",
+    ]
     assert run_job([*common, "--run-id", "local"], moto_endpoint).returncode == 0
-    assert run_job([*common, "--run-id", "cluster"], moto_endpoint, master=standalone_cluster,
-                   extra_conf={"spark.executor.memory": "1g", "spark.pyspark.python": sys.executable}).returncode == 0
+    assert (
+        run_job(
+            [*common, "--run-id", "cluster"],
+            moto_endpoint,
+            master=standalone_cluster,
+            extra_conf={"spark.executor.memory": "1g", "spark.pyspark.python": sys.executable},
+        ).returncode
+        == 0
+    )
 
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/cluster/manifest.json")["Body"].read())
     assert manifest["parameters"]["spark_master"] == standalone_cluster

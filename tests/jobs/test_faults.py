@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from localrun import run_job, spark_submit_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
@@ -20,12 +19,29 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
     source = sample_dir / "Pear"
     out = tmp_path / "out"
-    args = ["--input", source.parent.as_uri(), "--output", out.as_uri(), "--run-id", "killed",
-            "--weights", "none", "--image-size", "64", "--files-per-partition", "64"]
+    args = [
+        "--input",
+        source.parent.as_uri(),
+        "--output",
+        out.as_uri(),
+        "--run-id",
+        "killed",
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--files-per-partition",
+        "64",
+    ]
     log = tmp_path / "first.log"
     with open(log, "w") as stream:
-        first = subprocess.Popen(spark_submit_command(args, None), stdout=stream, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
+        first = subprocess.Popen(
+            spark_submit_command(args, None),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 300
         while kill_at not in log.read_text():
             assert first.poll() is None, "the run ended before the kill point"

@@ -76,8 +76,13 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
 
     report_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/e2e/report/")["Contents"]]
     pngs = sorted(key.rsplit("/", 1)[-1] for key in report_keys if key.endswith(".png"))
-    assert pngs == ["class_counts.png", "errors_by_reason.png", "explained_variance.png", "pca_scatter.png",
-                    "stage_seconds.png"]
+    assert pngs == [
+        "class_counts.png",
+        "errors_by_reason.png",
+        "explained_variance.png",
+        "pca_scatter.png",
+        "stage_seconds.png",
+    ]
     for name in pngs:
         data = s3.get_object(Bucket=bucket, Key=f"runs/e2e/report/{name}")["Body"].read()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, name

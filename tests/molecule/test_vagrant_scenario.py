@@ -3,7 +3,6 @@
 import subprocess
 
 import yaml
-
 from ansible_helpers import REPO, ansible_env
 
 SCENARIO = REPO / "molecule" / "vagrant"
@@ -23,6 +22,9 @@ def test_vagrant_playbooks_pass_syntax_check(tmp_path):
     for playbook in (SCENARIO / "verify.yml", REPO / "molecule" / "default" / "converge.yml"):
         result = subprocess.run(
             [str(REPO / ".venv/bin/ansible-playbook"), "--syntax-check", "-i", str(inventory), str(playbook)],
-            env=ansible_env({"ANSIBLE_ROLES_PATH": str(REPO / "roles")}), capture_output=True, text=True, check=False,
+            env=ansible_env({"ANSIBLE_ROLES_PATH": str(REPO / "roles")}),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
