@@ -10,14 +10,15 @@ with targets and writes bench/results/bench.json and bench.md.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "jobs"), str(REPO / "scripts")]
 
 from featurize.images import decode_image  # noqa: E402
-from localrun import build_job_zip, s3a_conf, s3a_jars, sample_images, spark_submit_command, upload_tree  # noqa: E402
+from localrun import build_job_zip, sample_images, spark_submit_command, upload_tree  # noqa: E402
 from motoserver import TEST_CREDENTIALS, moto_server  # noqa: E402
 
 IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "160"))
@@ -82,21 +83,19 @@ def bare_tf_limit(images: list[bytes]) -> dict:
     }
 
 
-def featurization_stage(endpoint: str, n_images: int) -> dict:
-    """The job's UDF alone, on image bytes already cached in Spark (no S3 in the timing)."""
+def featurization_stage(uri: str, n_images: int) -> dict:
+    """The job's UDF alone, on image bytes already cached in Spark (no storage in the timing)."""
     from featurize import pipeline
     from featurize.batch import FeaturizeSettings
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(f"local[{CORES}]").config("spark.ui.enabled", "false")
-    builder = builder.config("spark.jars", ",".join(str(j) for j in s3a_jars()))
-    for key, value in {**s3a_conf(endpoint), **HOST_4GB_CONF}.items():
+    for key, value in HOST_4GB_CONF.items():
         builder = builder.config(key, value)
     os.environ["PYSPARK_PYTHON"] = sys.executable
     spark = builder.getOrCreate()
     spark.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-bench.zip")))
     try:
-        uri = f"s3a://{bucket_of(1)}/images/"
         pipeline.plan_partitions(spark, n_images, 256)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_SIZE))
         images = pipeline.load_images(spark, uri).cache()
@@ -159,32 +158,23 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - started, peak, output
 
 
-def bucket_of(scale: int) -> str:
-    """One bucket per scale: moto's listing cost grows with the bucket's size, S3's does not."""
-    return f"{BUCKET}-x{scale}"
+def replicate_on_disk(root: Path, target: Path, scale: int) -> Path:
+    """``scale`` copies of the sample under distinct paths (copyNN/<class>/<file>), as hard links."""
+    for copy in range(scale):
+        for path in root.rglob("*.jpg"):
+            link = target / f"copy{copy:02d}" / path.relative_to(root)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                os.link(path, link)
+    return target
 
 
-def replicate(s3, scale: int) -> int:
-    """Copy the x1 images ``scale`` times under distinct keys (copyNN/<class>/<file>)."""
-    s3.create_bucket(Bucket=bucket_of(scale), CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket_of(1), Prefix="images/")
-    keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-    jobs = [(key, f"images/copy{copy:02d}/{key[len('images/'):]}") for copy in range(scale) for key in keys]
-
-    def copy(job):
-        s3.copy_object(Bucket=bucket_of(scale), Key=job[1], CopySource={"Bucket": bucket_of(1), "Key": job[0]})
-
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(copy, jobs))
-    return len(jobs)
-
-
-def our_end_to_end(endpoint: str, scale: int, run_id: str) -> dict:
+def our_end_to_end(endpoint: str | None, input_uri: str, output_uri: str, run_id: str) -> dict:
     args = [
         "--input",
-        f"s3a://{bucket_of(scale)}/images/",
+        input_uri,
         "--output",
-        f"s3a://{bucket_of(scale)}/runs/",
+        output_uri,
         "--run-id",
         run_id,
         "--weights",
@@ -196,8 +186,12 @@ def our_end_to_end(endpoint: str, scale: int, run_id: str) -> dict:
         args, endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
     )
     wall, peak, _ = run_measured(command)
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    manifest = json.loads(s3.get_object(Bucket=bucket_of(scale), Key=f"runs/{run_id}/manifest.json")["Body"].read())
+    if endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        key = f"{output_uri.split('/', 3)[3]}{run_id}/manifest.json"
+        manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    else:
+        manifest = json.loads((Path(output_uri.removeprefix("file://")) / run_id / "manifest.json").read_text())
     return {"wall_s": wall, "peak_rss_bytes": peak, "manifest": manifest}
 
 
@@ -208,12 +202,24 @@ def peer_end_to_end(endpoint: str) -> dict:
     command = command[: command.index(str(REPO / "jobs" / "featurize_images.py"))]
     command += [
         str(REPO / "bench" / "peer_pipeline.py"),
-        f"s3a://{bucket_of(1)}/images/",
-        f"s3a://{bucket_of(1)}/peer/",
+        f"s3a://{BUCKET}/images/",
+        f"s3a://{BUCKET}/peer/",
         str(IMAGE_SIZE),
     ]
     wall, peak, _ = run_measured(command)
     return {"wall_s": wall, "peak_rss_bytes": peak}
+
+
+def scaling_row(run: dict) -> dict:
+    count = run["manifest"]["counts"]["inputs"]
+    return {
+        "images": count,
+        "wall_s": run["wall_s"],
+        "s_per_image": run["wall_s"] / count,
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "stages_s": run["manifest"]["timing"]["stages_seconds"],
+        "worker_cpu_s": run["manifest"]["timing"]["worker_cpu_seconds"],
+    }
 
 
 def verdict(ok: bool) -> str:
@@ -221,6 +227,9 @@ def verdict(ok: bool) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--summarize"]:
+        print(summarize(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
     os.environ.update(TEST_CREDENTIALS)
     root = sample_images()
     files = sorted(root.rglob("*.jpg"))
@@ -243,37 +252,30 @@ def main() -> int:
     results["limit"] = bare_tf_limit(images)
     print(f"limit: {results['limit']['images_per_s']:.1f} img/s (batch {results['limit']['best_batch']})", flush=True)
 
+    results["featurization"] = featurization_stage(root.as_uri(), n)
+    print(f"featurization stage: {results['featurization']['images_per_s']:.1f} img/s", flush=True)
+
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket=bucket_of(1), CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        upload_tree(s3, root, bucket_of(1), "images")
-        for scale in SCALES:
-            if scale > 1:
-                replicate(s3, scale)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        upload_tree(s3, root, BUCKET, "images")
+        run = our_end_to_end(endpoint, f"s3a://{BUCKET}/images/", f"s3a://{BUCKET}/runs/", "bench-s3")
+        results["s3"] = scaling_row(run)
+        print(f"ours end to end over S3 (moto): {run['wall_s']:.1f}s", flush=True)
+        results["peer"] = peer_end_to_end(endpoint)
+        print(f"peer end to end over S3 (moto): {results['peer']['wall_s']:.1f}s", flush=True)
 
-        results["featurization"] = featurization_stage(endpoint, n)
-        print(f"featurization stage: {results['featurization']['images_per_s']:.1f} img/s", flush=True)
-
-        results["scaling"] = {}
+    results["scaling"] = {}
+    with tempfile.TemporaryDirectory(prefix="fruitcloud-bench-") as scratch:
         for scale in SCALES:
-            run = our_end_to_end(endpoint, scale, f"bench-x{scale}")
-            count = run["manifest"]["counts"]["inputs"]
-            results["scaling"][scale] = {
-                "images": count,
-                "wall_s": run["wall_s"],
-                "s_per_image": run["wall_s"] / count,
-                "peak_rss_bytes": run["peak_rss_bytes"],
-                "stages_s": run["manifest"]["timing"]["stages_seconds"],
-                "worker_cpu_s": run["manifest"]["timing"]["worker_cpu_seconds"],
-            }
+            data = replicate_on_disk(root, Path(scratch) / f"x{scale}", scale)
+            run = our_end_to_end(None, data.as_uri(), (Path(scratch) / "runs").as_uri() + "/", f"x{scale}")
+            results["scaling"][scale] = scaling_row(run)
             print(
-                f"ours end to end x{scale}: {count} images in {run['wall_s']:.1f}s "
-                f"({count / run['wall_s']:.1f} img/s), peak RSS {run['peak_rss_bytes'] / 2**30:.2f} GB",
+                f"ours end to end x{scale} (local disk): {run['manifest']['counts']['inputs']} images in "
+                f"{run['wall_s']:.1f}s, peak {run['peak_rss_bytes'] / 2**30:.2f} GB",
                 flush=True,
             )
-
-        results["peer"] = peer_end_to_end(endpoint)
-        print(f"peer end to end x1: {results['peer']['wall_s']:.1f}s", flush=True)
 
     report = summarize(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -286,11 +288,19 @@ def main() -> int:
 def summarize(results: dict) -> str:
     limit = results["limit"]["images_per_s"]
     feat = results["featurization"]["images_per_s"]
-    ours = results["scaling"][1]
+    ours = results["s3"]
     peer = results["peer"]["wall_s"]
+    results["scaling"] = {int(scale): row for scale, row in results["scaling"].items()}
     largest = max(results["scaling"])
     per_image = {scale: row["s_per_image"] for scale, row in results["scaling"].items()}
     drift = per_image[largest] / per_image[1] - 1
+    scales = sorted(results["scaling"])
+    marginal = [
+        (results["scaling"][b]["wall_s"] - results["scaling"][a]["wall_s"])
+        / (results["scaling"][b]["images"] - results["scaling"][a]["images"])
+        for a, b in itertools.pairwise(scales)
+    ]
+    marginal_drift = marginal[-1] / marginal[0] - 1 if len(marginal) > 1 else 0.0
     peak = results["scaling"][largest]["peak_rss_bytes"]
     projected_90k = per_image[largest] * 90_000
     lines = [
@@ -303,30 +313,40 @@ def summarize(results: dict) -> str:
         f"| `model.predict` per batch | {max(results['limit']['predict_by_batch'].values()):.1f} img/s | | | |",
         f"| our featurization stage | {feat:.1f} img/s | ≥ 90 % of limit | {feat / limit:.2f} "
         f"| {verdict(feat >= 0.9 * limit)} |",
-        f"| our end to end x1 | {ours['wall_s']:.1f} s ({ours['images'] / ours['wall_s']:.1f} img/s) | | | |",
-        f"| peer notebook end to end x1 | {peer:.1f} s | ours ≥ 2x faster | {peer / ours['wall_s']:.2f}x | "
+        f"| our end to end x1, S3 (moto) | {ours['wall_s']:.1f} s "
+        f"({ours['images'] / ours['wall_s']:.1f} img/s) | | | |",
+        f"| peer notebook end to end x1, S3 (moto) | {peer:.1f} s | ours ≥ 2x faster | {peer / ours['wall_s']:.2f}x | "
         f"{verdict(peer >= 2 * ours['wall_s'])} |",
     ]
     for scale, row in sorted(results["scaling"].items()):
-        lines.append(f"| time per image x{scale} ({row['images']} images) | {1000 * row['s_per_image']:.2f} ms | | | |")
+        lines.append(
+            f"| end to end x{scale}, local disk ({row['images']} images) | {row['wall_s']:.1f} s, "
+            f"{1000 * row['s_per_image']:.2f} ms/image | | | |"
+        )
     lines += [
-        f"| per-image drift x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | "
+        f"| time per image x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | "
         f"| {verdict(abs(drift) <= 0.15)} |",
-        f"| peak RSS x{largest} (JVM + Python workers) | {peak / 2**30:.2f} GB | ≤ 3 GB | "
+        f"| marginal time per image x{scales[-2]}→x{largest} vs x1→x{scales[1]} | "
+        f"{1000 * marginal[-1]:.2f} vs {1000 * marginal[0]:.2f} ms ({100 * marginal_drift:+.1f} %) "
+        "| linear: within 15 % "
+        f"| | {verdict(abs(marginal_drift) <= 0.15)} |",
+        f"| peak memory x{largest}, PSS of JVM + Python workers | {peak / 2**30:.2f} GB | ≤ 3 GB | "
         f"| {verdict(peak <= 3 * 2**30)} |",
         f"| projected 90,000 images on this machine | {projected_90k / 60:.0f} min | | | |",
         "",
-        f"## Where the time goes (x{largest}, seconds)",
+        f"## Where the time goes (x{largest} from local disk, and x1 over S3; seconds)",
         "",
-        "| stage | seconds |",
-        "|---|---:|",
+        f"| stage | x{largest} local | x1 S3 |",
+        "|---|---:|---:|",
     ]
-    row = results["scaling"][largest]
+    row, s3_row = results["scaling"][largest], results["s3"]
     for stage, seconds in row["stages_s"].items():
-        lines.append(f"| {stage} | {seconds:.1f} |")
+        lines.append(f"| {stage} | {seconds:.1f} | {s3_row['stages_s'].get(stage, 0):.1f} |")
     lines += [
-        f"| (inside featurize) decode, CPU-seconds over all workers | {row['worker_cpu_s']['decode']:.1f} |",
-        f"| (inside featurize) CNN, CPU-seconds over all workers | {row['worker_cpu_s']['cnn']:.1f} |",
+        f"| (inside featurize) decode, CPU-seconds over workers | {row['worker_cpu_s']['decode']:.1f} "
+        f"| {s3_row['worker_cpu_s']['decode']:.1f} |",
+        f"| (inside featurize) CNN, CPU-seconds over workers | {row['worker_cpu_s']['cnn']:.1f} "
+        f"| {s3_row['worker_cpu_s']['cnn']:.1f} |",
         "",
     ]
     return "\n".join(lines)
