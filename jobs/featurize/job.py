@@ -290,7 +290,7 @@ def run(spark, args: argparse.Namespace) -> dict:
         "outputs": {name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")},
     }
     with clock.stage("report") as details:
-        manifest["outputs"]["report"] = write_report(spark, storage, manifest, run_uri, featurized)
+        manifest["outputs"]["report"] = write_report(spark, storage, manifest, run_uri, features, pca)
         details.update(uri=manifest["outputs"]["report"])
     # Written last: a run without manifest.json is not complete, whatever else is there.
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
@@ -308,23 +308,27 @@ def run(spark, args: argparse.Namespace) -> dict:
     return manifest
 
 
-def write_report(spark, storage: Storage, manifest: dict, run_uri: str, featurized: int) -> str | None:
-    """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run."""
+def write_report(spark, storage: Storage, manifest: dict, run_uri: str, features, pca) -> str | None:
+    """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run.
+
+    The scatter projects the sample with the fitted PCA stage itself, so PC 2 is
+    shown even when the variance target keeps a single component.
+    """
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
     from featurize.report import SCATTER_SAMPLE, build_report
 
     try:
-        pca = spark.read.parquet(join(run_uri, "pca"))
+        featurized = manifest["counts"]["featurized"]
         fraction = min(1.0, 1.2 * SCATTER_SAMPLE / max(featurized, 1))
+        pca_stage = pca.model.stages[0]
         sample = (
-            pca.sample(fraction=fraction, seed=0)
-            .limit(SCATTER_SAMPLE)
-            .select(vector_to_array("pca").alias("pca"), "label")
+            pca_stage.transform(features.sample(fraction=fraction, seed=0).limit(SCATTER_SAMPLE))
+            .select(vector_to_array(pca_stage.getOutputCol()).alias("pc"), "label")
             .collect()
         )
-        points = [(row.pca[0], row.pca[1] if len(row.pca) > 1 else 0.0, row.label) for row in sample]
+        points = [(row.pc[0], row.pc[1] if len(row.pc) > 1 else 0.0, row.label) for row in sample]
         reasons = spark.read.parquet(join(run_uri, "errors")).groupBy("reason").count().orderBy(F.desc("count"))
         errors_by_reason = {row["reason"]: row["count"] for row in reasons.limit(30).collect()}
         report_uri = join(run_uri, "report")
