@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from featurize.batch import BatchTimings, FeaturizeSettings, featurize_batch
-from featurize.images import image_path_glob
+from featurize.images import has_image_extension, image_path_glob
 from featurize.model import worker_extractor
 
 RESULT_TYPE = T.StructType(
@@ -79,9 +79,10 @@ def list_inputs(spark: SparkSession, uri: str) -> ListingStats:
     The index is built by LIST calls alone; counting the DataFrame instead would
     stat every file (one HEAD request per object on S3), ten times slower.
     """
-    files = len(_binary_files(spark, uri, images_only=False).inputFiles())
-    images = tuple(path_as_spark_shows_it(p) for p in _binary_files(spark, uri, images_only=True).inputFiles())
-    return ListingStats(files=files, image_paths=images)
+    files = [path_as_spark_shows_it(p) for p in _binary_files(spark, uri, images_only=False).inputFiles()]
+    # One LIST pass; the extension rule is the same as the read's pathGlobFilter.
+    images = tuple(p for p in files if has_image_extension(p.rsplit("/", 1)[-1]))
+    return ListingStats(files=len(files), image_paths=images)
 
 
 def plan_partitions(spark: SparkSession, images: int, files_per_partition: int) -> int:
