@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -10,10 +11,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import moto
 from motoserver import TEST_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+CANONICAL = "099720109477"
 
 
 @dataclass
@@ -60,3 +63,32 @@ def run_playbook(playbook: str, inventory: Path, extra_vars: dict, *args: str, e
     ]
     result = subprocess.run(command, env=ansible_env(env), capture_output=True, text=True, cwd=REPO, check=False)
     return PlaybookRun(result.returncode, result.stdout + result.stderr)
+
+
+def fake_ubuntu_amis() -> list[dict]:
+    """moto's own images plus Canonical jammy/noble/bionic entries (moto has only trusty and xenial)."""
+    with gzip.open(f"{moto.__path__[0]}/ec2/resources/amis.json.gz") as packed:
+        amis = json.loads(packed.read())
+    releases = {"bionic-18.04": ("hvm-ssd", "a"), "jammy-22.04": ("hvm-ssd", "b"), "noble-24.04": ("hvm-ssd-gp3", "c")}
+    for codename, (store, letter) in releases.items():
+        for day, suffix in (("20240101", "1"), ("20250101", "2")):
+            amis.append(
+                {
+                    "ami_id": f"ami-0{letter}{suffix}{'0' * 14}",
+                    "state": "available",
+                    "public": True,
+                    "owner_id": CANONICAL,
+                    "image_location": "amazon/getting-started",
+                    "root_device_type": "ebs",
+                    "root_device_name": "/dev/sda1",
+                    "description": f"Canonical, Ubuntu, {codename}",
+                    "image_type": "machine",
+                    "platform": None,
+                    "architecture": "x86_64",
+                    "name": f"ubuntu/images/{store}/ubuntu-{codename}-amd64-server-{day}",
+                    "virtualization_type": "hvm",
+                    "hypervisor": "xen",
+                    "creation_date": f"{day[:4]}-{day[4:6]}-01T00:00:00.000Z",
+                }
+            )
+    return amis

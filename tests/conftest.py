@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 import boto3
@@ -23,6 +26,23 @@ def aws_test_credentials():
 @pytest.fixture(scope="session")
 def sample_dir():
     return sample_images()
+
+
+@pytest.fixture(scope="session")
+def podman_target_image():
+    """The Debian 12 systemd image that stands in for an Ubuntu EC2 host (built once, cached)."""
+    if not shutil.which("podman"):
+        pytest.fail("podman is required for the local target: apt-get install podman runc debootstrap zstd")
+    subprocess.run(["bash", str(REPO / "scripts" / "build_test_image.sh")], check=True)
+    return "localhost/fruitcloud-debian12"
+
+
+@pytest.fixture(scope="session")
+def test_weights():
+    """A weights file shaped like Keras' ImageNet MobileNetV2 no-top file, and its "sha256:" checksum."""
+    path = REPO / ".cache" / "test-weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_weights.py"), str(path)], check=True)
+    return path, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,20 @@
-"""A run killed mid-way and started again converges to each image exactly once."""
+"""Faults lose nothing: a killed run converges on rerun, S3 errors are retried, and so are dead workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
+import psutil
 import pytest
+from faulty_s3 import faulty_s3
 from localrun import run_job, spark_submit_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
@@ -60,3 +65,98 @@ def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
     assert sorted(paths) == expected, "each image exactly once"
     assert manifest["counts"]["featurized"] == len(expected)
     assert spark.read.parquet(str(out / "killed" / "pca")).count() == len(expected)
+
+
+def s3_job_args(bucket: str, run_id: str, *extra: str) -> list[str]:
+    return [
+        "--input",
+        f"s3a://{bucket}/images/",
+        "--output",
+        f"s3a://{bucket}/runs/",
+        "--run-id",
+        run_id,
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--files-per-partition",
+        "64",
+        "--pca-k",
+        "4",
+        *extra,
+    ]
+
+
+def uploaded_classes(s3, bucket, sample_dir, classes) -> list[str]:
+    keys = []
+    for name in classes:
+        for path in sorted((sample_dir / name).glob("*.jpg")):
+            key = f"images/{name}/{path.name}"
+            s3.upload_file(str(path), bucket, key)
+            keys.append(key)
+    return keys
+
+
+def featurized_paths(spark, bucket: str, run_id: str) -> list[str]:
+    features = spark.read.parquet(f"s3a://{bucket}/runs/{run_id}/features")
+    return sorted(row.path for row in features.select("path").collect())
+
+
+def test_s3_throttling_and_dropped_connections_lose_nothing(spark, s3, bucket, moto_endpoint, sample_dir):
+    keys = uploaded_classes(s3, bucket, sample_dir, ("Kiwi", "Limes"))
+    with faulty_s3(moto_endpoint, fault_rate=0.1) as (endpoint, proxy):
+        result = run_job(s3_job_args(bucket, "throttled"), endpoint=endpoint)
+    assert result.returncode == 0
+    faults = Counter({(outcome, method): n for (outcome, method), n in proxy.counts.items() if outcome != "forward"})
+    assert {method for _, method in faults} >= {"GET", "PUT", "HEAD"}, f"faults hit too few request kinds: {faults}"
+    assert sum(n for (outcome, _), n in faults.items() if outcome == "slowdown") >= 10, faults
+    assert sum(n for (outcome, _), n in faults.items() if outcome == "drop") >= 10, faults
+
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/throttled/manifest.json")["Body"].read())
+    assert (manifest["counts"]["inputs"], manifest["counts"]["featurized"], manifest["counts"]["errors"]) == (
+        len(keys),
+        len(keys),
+        0,
+    )
+    assert featurized_paths(spark, bucket, "throttled") == sorted(f"s3a://{bucket}/{key}" for key in keys)
+
+
+def cnn_workers(root: psutil.Process, min_rss: int) -> list[psutil.Process]:
+    """Python workers forked by pyspark.daemon that have loaded TensorFlow (so they are inside a task)."""
+    found = []
+    for process in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            parent = process.parent()
+            if parent and "pyspark.daemon" in " ".join(parent.cmdline()) and process.memory_info().rss > min_rss:
+                found.append(process)
+    return found
+
+
+def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoint, sample_dir, tmp_path):
+    keys = uploaded_classes(s3, bucket, sample_dir, ("Pear",))
+    log = tmp_path / "driver.log"
+    with open(log, "w") as stream:
+        job = subprocess.Popen(
+            spark_submit_command(
+                s3_job_args(bucket, "worker-killed", "--image-size", "160"), moto_endpoint, "local[2,4]"
+            ),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        victims: list[psutil.Process] = []
+        while not victims:
+            assert job.poll() is None, "the job ended before a worker loaded the CNN"
+            assert time.monotonic() < deadline
+            victims = cnn_workers(psutil.Process(job.pid), min_rss=300 * 2**20)
+            time.sleep(0.1)
+        victims[0].kill()
+        assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
+    lost = re.search(r"Lost task (\d+)\.0 in stage (\S+) ", log.read_text())
+    assert lost, "the kill did not interrupt a task"
+    assert f"Finished task {lost[1]}.1 in stage {lost[2]} " in log.read_text(), "the task was not retried"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/worker-killed/manifest.json")["Body"].read())
+    assert (manifest["counts"]["featurized"], manifest["counts"]["errors"]) == (len(keys), 0)
+    assert featurized_paths(spark, bucket, "worker-killed") == sorted(f"s3a://{bucket}/{key}" for key in keys)

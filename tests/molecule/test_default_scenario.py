@@ -7,30 +7,20 @@ manifest it leaves in moto is checked here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 
 import pytest
 from ansible_helpers import REPO
 
 pytestmark = pytest.mark.molecule
-WEIGHTS = REPO / ".cache" / "test-weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
-@pytest.fixture(scope="module")
-def target_image():
-    if not shutil.which("podman"):
-        pytest.fail("podman is required for the Molecule scenario: apt-get install podman runc debootstrap zstd")
-    subprocess.run(["bash", str(REPO / "scripts" / "build_test_image.sh")], check=True)
-
-
-def test_default_scenario_converges_idempotently_and_verifies(target_image, s3, bucket, moto_endpoint, sample_dir):
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_test_weights.py"), str(WEIGHTS)], check=True)
+def test_default_scenario_converges_idempotently_and_verifies(
+    podman_target_image, test_weights, s3, bucket, moto_endpoint, sample_dir
+):
     s3.put_object(Bucket=bucket, Key="verify/hello.txt", Body=b"hello from moto\n")
     classes = sorted(p for p in sample_dir.iterdir() if p.is_dir())
     for folder in classes:
@@ -43,7 +33,7 @@ def test_default_scenario_converges_idempotently_and_verifies(target_image, s3, 
         "CONTAINERS_CONF": str(REPO / "molecule" / "containers.conf"),
         "MOTO_ENDPOINT": moto_endpoint,
         "VERIFY_BUCKET": bucket,
-        "TEST_WEIGHTS_SHA256": "sha256:" + hashlib.sha256(WEIGHTS.read_bytes()).hexdigest(),
+        "TEST_WEIGHTS_SHA256": test_weights[1],
         "ANSIBLE_NOCOLOR": "1",
     }
     result = subprocess.run(

@@ -2,49 +2,17 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 
 import boto3
-import moto
 import pytest
 import yaml
-from ansible_helpers import REPO, ansible_env, localhost_inventory, run_playbook
+from ansible_helpers import REPO, ansible_env, fake_ubuntu_amis, localhost_inventory, run_playbook
 from motoserver import moto_server
 
 BUCKET = "fruitcloud-provision-test"
 OPERATOR_CIDR = "198.51.100.7/32"
-CANONICAL = "099720109477"
-
-
-def fake_ubuntu_amis() -> list[dict]:
-    """moto's own images plus Canonical jammy/noble/bionic entries (moto has only trusty and xenial)."""
-    with gzip.open(f"{moto.__path__[0]}/ec2/resources/amis.json.gz") as packed:
-        amis = json.loads(packed.read())
-    releases = {"bionic-18.04": ("hvm-ssd", "a"), "jammy-22.04": ("hvm-ssd", "b"), "noble-24.04": ("hvm-ssd-gp3", "c")}
-    for codename, (store, letter) in releases.items():
-        for day, suffix in (("20240101", "1"), ("20250101", "2")):
-            amis.append(
-                {
-                    "ami_id": f"ami-0{letter}{suffix}{'0' * 14}",
-                    "state": "available",
-                    "public": True,
-                    "owner_id": CANONICAL,
-                    "image_location": "amazon/getting-started",
-                    "root_device_type": "ebs",
-                    "root_device_name": "/dev/sda1",
-                    "description": f"Canonical, Ubuntu, {codename}",
-                    "image_type": "machine",
-                    "platform": None,
-                    "architecture": "x86_64",
-                    "name": f"ubuntu/images/{store}/ubuntu-{codename}-amd64-server-{day}",
-                    "virtualization_type": "hvm",
-                    "hypervisor": "xen",
-                    "creation_date": f"{day[:4]}-{day[4:6]}-01T00:00:00.000Z",
-                }
-            )
-    return amis
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,91 @@
+"""An EC2 instance metadata service (IMDSv2) on 127.0.0.1 that hands out moto STS credentials.
+
+On EC2 the job gets its credentials from the instance profile through IMDS; no
+key is ever written on the host. To test that path without EC2, this server
+answers the IMDS calls that boto3 and the AWS Java SDK (s3a) make, with
+temporary credentials from moto's STS for the provisioned role. The clients are
+pointed at it by AWS_EC2_METADATA_SERVICE_ENDPOINT, which both SDKs read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import boto3
+
+CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
+TOKEN = "fake-imds-session-token"
+
+
+def make_handler(role_name: str, assume_role, region: str):
+    class MetadataHandler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, status: int, body: str, content_type: str = "text/plain") -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_PUT(self):
+            if self.path == "/latest/api/token":
+                self.reply(200, TOKEN)
+            else:
+                self.reply(404, "")
+
+        def do_GET(self):
+            # IMDSv2 only, as provision.yml requires (HttpTokens=required).
+            if self.headers.get("X-aws-ec2-metadata-token") != TOKEN:
+                self.reply(401, "")
+            elif self.path.rstrip("/") == CREDENTIALS_PATH.rstrip("/"):
+                self.reply(200, role_name)
+            elif self.path == CREDENTIALS_PATH + role_name:
+                self.reply(200, json.dumps(assume_role()), "application/json")
+            elif self.path == "/latest/meta-data/placement/region":
+                self.reply(200, region)
+            elif self.path == "/latest/dynamic/instance-identity/document":
+                self.reply(200, json.dumps({"region": region}), "application/json")
+            else:
+                self.reply(404, "")
+
+    return MetadataHandler
+
+
+@contextmanager
+def fake_imds(moto_endpoint: str, role_name: str, region: str = "eu-west-1"):
+    """Serve IMDS on a free port of 127.0.0.1; yield its URL and the access key ids it handed out."""
+    sts = boto3.client("sts", endpoint_url=moto_endpoint, region_name=region)
+    account = sts.get_caller_identity()["Account"]
+    issued: list[str] = []
+
+    def assume_role() -> dict:
+        credentials = sts.assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{role_name}", RoleSessionName="fruitcloud-instance"
+        )["Credentials"]
+        issued.append(credentials["AccessKeyId"])
+        now = datetime.now(timezone.utc)
+        return {
+            "Code": "Success",
+            "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": credentials["AccessKeyId"],
+            "SecretAccessKey": credentials["SecretAccessKey"],
+            "Token": credentials["SessionToken"],
+            "Expiration": (now + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(role_name, assume_role, region))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", issued
+    finally:
+        server.shutdown()
+        server.server_close()
