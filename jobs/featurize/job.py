@@ -187,6 +187,7 @@ def run(spark, args: argparse.Namespace) -> dict:
     if storage.exists(manifest_uri):
         log.info("run %s is already complete at %s: nothing to do", args.run_id, manifest_uri)
         return json.loads(storage.read_bytes(manifest_uri))
+    storage.check_writable(run_uri)
 
     settings = FeaturizeSettings(
         weights=args.weights,

@@ -96,3 +96,24 @@ class Storage:
             if code in ("403", "AccessDenied"):
                 raise PermissionError(f"access denied to bucket s3://{bucket}") from exc
             raise
+
+    def check_writable(self, uri: str) -> None:
+        """Write and delete a probe under ``uri``, so an unwritable output fails before any compute."""
+        from botocore.exceptions import ClientError
+
+        probe = join(uri, "_write_probe")
+        try:
+            self.write_bytes(probe, b"")
+            self.delete(probe)
+        except OSError as exc:
+            raise PermissionError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "unknown error")
+            raise PermissionError(f"output location {uri} is not writable: {code}") from exc
+
+    def delete(self, uri: str) -> None:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.delete_object(Bucket=bucket, Key=key)
+        else:
+            local_path(uri).unlink(missing_ok=True)

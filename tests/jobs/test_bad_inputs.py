@@ -191,3 +191,44 @@ def test_credentials_never_reach_logs_or_outputs(moto_endpoint, s3, bucket, samp
             everything += s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode("latin-1")
     assert "AKIAFRUITCLOUDTEST01" not in everything
     assert secret not in everything
+
+
+def test_no_credentials_fail_in_one_line_before_spark_reads(moto_endpoint, s3, bucket, tmp_path):
+    no_credentials = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    result = subprocess.run(
+        spark_submit_command(
+            ["--input", f"s3a://{bucket}/images/", "--output", f"s3a://{bucket}/runs/", "--weights", "none"],
+            moto_endpoint,
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **no_credentials,
+            "PYSPARK_PYTHON": sys.executable,
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "absent"),
+            "AWS_CONFIG_FILE": str(tmp_path / "absent"),
+            # Nothing answers at the metadata address off EC2; do not wait for it.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
+    )
+    assert result.returncode == 1
+    [failure] = [line for line in result.stdout.splitlines() if " ERROR featurize: " in line]
+    assert failure.endswith(
+        "no AWS credentials found: on EC2 attach the instance profile, "
+        "locally set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    )
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def test_unwritable_output_fails_before_any_compute(tmp_path, sample_dir):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the output folder should be")
+    result = run_failing(
+        ["--input", (sample_dir / "Kiwi").as_uri(), "--output", (blocker / "runs").as_uri(), "--weights", "none"]
+    )
+    assert result.returncode == 1
+    assert f"output location {(blocker / 'runs').as_uri()}/" in result.stdout
+    assert "is not writable: Not a directory" in result.stdout
+    assert "stage list: started" not in result.stdout
+    assert blocker.read_text() == "a file where the output folder should be"
