@@ -12,9 +12,11 @@ import logging
 import platform
 import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
+from functools import reduce
 from importlib import metadata
 
 from featurize import __version__
@@ -24,6 +26,8 @@ from featurize.model import FEATURE_DIM, WeightsNotFoundError, check_weights
 from featurize.storage import Storage, join
 
 log = logging.getLogger("featurize")
+# Written after a batch of features and errors is complete: the batches a rerun can reuse.
+COMMITS_FILE = "_batches.json"
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -171,7 +175,6 @@ def library_versions() -> dict[str, str]:
 
 def run(spark, args: argparse.Namespace) -> dict:
     """Run the pipeline and return the manifest it wrote."""
-    from pyspark import StorageLevel
     from pyspark.errors import AnalysisException
 
     from featurize import pipeline
@@ -181,13 +184,17 @@ def run(spark, args: argparse.Namespace) -> dict:
     conf = spark.sparkContext.getConf()
     storage = Storage(endpoint_url=conf.get("spark.hadoop.fs.s3a.endpoint", None))
     run_uri = join(args.output, args.run_id)
-    manifest_uri = join(run_uri, "manifest.json")
+    manifest_uri, commits_uri = join(run_uri, "manifest.json"), join(run_uri, COMMITS_FILE)
+    features_uri, errors_uri = join(run_uri, "features"), join(run_uri, "errors")
     for uri in (args.input, args.output):
         storage.check_bucket(uri)
-    if storage.exists(manifest_uri):
-        log.info("run %s is already complete at %s: nothing to do", args.run_id, manifest_uri)
-        return json.loads(storage.read_bytes(manifest_uri))
     storage.check_writable(run_uri)
+    committed = json.loads(storage.read_bytes(commits_uri))["batches"] if storage.exists(commits_uri) else []
+    for root in (features_uri, errors_uri):
+        for name in storage.list_dirs(root):
+            if name.removeprefix("batch=") not in committed:
+                log.info("removing %s/%s, left by an attempt that did not commit", root, name)
+                storage.delete_tree(join(root, name))
 
     settings = FeaturizeSettings(
         weights=args.weights,
@@ -205,34 +212,44 @@ def run(spark, args: argparse.Namespace) -> dict:
             if "PATH_NOT_FOUND" not in str(exc):
                 raise
             raise JobError(f"no image files under {args.input}: the path does not exist") from exc
-        partitions = pipeline.plan_partitions(spark, stats.images, args.files_per_partition)
-        details.update(files=stats.files, images=stats.images, ignored=stats.ignored, partitions=partitions)
+        details.update(files=stats.files, images=stats.images, ignored=stats.ignored)
     if stats.images == 0:
         raise JobError(f"no image files under {args.input} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
+    with clock.stage("plan") as details:
+        increment = plan_attempt(spark, storage, args.input, stats, features_uri, errors_uri, committed)
+        details.update(committed_batches=len(committed), reused=increment.reused, todo=len(increment.todo))
+    if increment.nothing_to_do and storage.exists(manifest_uri):
+        log.info("run %s is up to date at %s: no new, changed or removed images", args.run_id, manifest_uri)
+        return json.loads(storage.read_bytes(manifest_uri))
+    # From here on the run changes: it is not complete until a new manifest is written.
+    storage.delete(manifest_uri)
+
     sc = spark.sparkContext
     decode_seconds, cnn_seconds = sc.accumulator(0.0), sc.accumulator(0.0)
-    udf = pipeline.make_featurize_udf(settings, decode_seconds, cnn_seconds)
-    results = pipeline.featurize(pipeline.load_images(spark, args.input), udf)
-    # Features and errors come from one CNN pass: cache it on disk, not in a 4 GB heap.
-    results.persist(StorageLevel.DISK_ONLY)
-    features_uri, errors_uri = join(run_uri, "features"), join(run_uri, "errors")
-    try:
+    if not increment.nothing_to_do:
+        batch = new_batch_id()
         with clock.stage("featurize_and_write_features") as details:
-            pipeline.features_of(results).write.mode("overwrite").parquet(features_uri)
-            details.update(decode_cpu_s=round(decode_seconds.value, 1), cnn_cpu_s=round(cnn_seconds.value, 1))
-        with clock.stage("write_errors"):
-            errors_df = pipeline.errors_of(results).unionByName(
-                pipeline.unread_images(spark, stats, results, args.input)
+            partitions = pipeline.plan_partitions(spark, len(increment.todo), args.files_per_partition)
+            write_batch(
+                spark, args.input, increment, committed, settings, (decode_seconds, cnn_seconds), run_uri, batch
             )
-            errors_df.write.mode("overwrite").parquet(errors_uri)
-    finally:
-        results.unpersist()
+            details.update(
+                batch=batch,
+                partitions=partitions,
+                decode_cpu_s=round(decode_seconds.value, 1),
+                cnn_cpu_s=round(cnn_seconds.value, 1),
+            )
+        committed = [*sorted(set(committed) - increment.stale_batches), batch]
+        storage.write_bytes(commits_uri, json.dumps({"batches": committed}).encode(), "application/json")
+        for stale in increment.stale_batches:
+            for root in (features_uri, errors_uri):
+                storage.delete_tree(join(root, f"batch={stale}"))
 
     with clock.stage("verify_counts") as details:
-        features = spark.read.parquet(features_uri)
+        features = pipeline.read_batches(spark, features_uri, committed).drop("batch")
         featurized = features.count()
-        errors = spark.read.parquet(errors_uri).count()
+        errors = pipeline.read_batches(spark, errors_uri, committed).count()
         labels = {row["label"]: row["count"] for row in features.groupBy("label").count().collect()}
         details.update(featurized=featurized, errors=errors, classes=len(labels))
     if featurized + errors != stats.images:
@@ -267,6 +284,13 @@ def run(spark, args: argparse.Namespace) -> dict:
             "default_parallelism": sc.defaultParallelism,
         },
         "versions": library_versions(),
+        "incremental": {
+            "detection": "path + size + modification time (whole seconds)",
+            "batches": committed,
+            "reused_images": increment.reused,
+            "featurized_now": len(increment.todo),
+            "dropped_stale_rows": len(increment.stale_paths - set(increment.todo)),
+        },
         "counts": {
             "files": stats.files,
             "ignored_non_images": stats.ignored,
@@ -307,6 +331,60 @@ def run(spark, args: argparse.Namespace) -> dict:
         manifest_uri,
     )
     return manifest
+
+
+def new_batch_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def plan_attempt(spark, storage: Storage, input_uri, stats, features_uri, errors_uri, committed):
+    """Compare the inputs listed now with the rows earlier attempts committed."""
+    from featurize import pipeline
+
+    if not committed:
+        return pipeline.Increment(stats.image_paths, 0, frozenset(), frozenset())
+    columns = ["path", "size_bytes", "modified", "batch"]
+    rows = (
+        pipeline.read_batches(spark, features_uri, committed)
+        .select(columns)
+        .unionByName(pipeline.read_batches(spark, errors_uri, committed).select(columns))
+        .collect()
+    )
+    return pipeline.plan_increment(stats.image_paths, storage.file_versions(input_uri), rows)
+
+
+def write_batch(spark, input_uri, increment, committed, settings, accumulators, run_uri, batch) -> None:
+    """Featurize the images to do, carry over the live rows of stale batches, write both as batch=BATCH."""
+    from pyspark import StorageLevel
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    from featurize import pipeline
+
+    # A first attempt reads the folder (one LIST); a later one only the files it has to do.
+    only = increment.todo if committed else None
+    results = None
+    new_rows = {"features": [], "errors": []}
+    if increment.todo:
+        udf = pipeline.make_featurize_udf(settings, *accumulators)
+        results = pipeline.featurize(pipeline.load_images(spark, input_uri, only), udf)
+        # Features and errors come from one CNN pass: cache it on disk, not in a 4 GB heap.
+        results.persist(StorageLevel.DISK_ONLY)
+        new_rows["features"].append(pipeline.features_of(results))
+        new_rows["errors"].append(
+            pipeline.errors_of(results).unionByName(pipeline.unread_images(spark, increment.todo, results, input_uri))
+        )
+    stale = sorted(increment.stale_batches)
+    try:
+        for output, parts in new_rows.items():
+            uri = join(run_uri, output)
+            if stale:
+                previous = pipeline.read_batches(spark, uri, stale).drop("batch")
+                parts.append(previous.where(~F.col("path").isin(*increment.stale_paths)))
+            reduce(DataFrame.unionByName, parts).write.mode("overwrite").parquet(join(uri, f"batch={batch}"))
+    finally:
+        if results is not None:
+            results.unpersist()
 
 
 def write_report(spark, storage: Storage, manifest: dict, run_uri: str, features, pca) -> str | None:

@@ -102,10 +102,10 @@ def plan_partitions(spark: SparkSession, images: int, files_per_partition: int) 
     return math.ceil(images / per_partition) if images else 0
 
 
-def load_images(spark: SparkSession, uri: str) -> DataFrame:
-    """Image files under ``uri`` (recursive) with their label, size, mtime and bytes."""
+def load_images(spark: SparkSession, uri: str, only: Sequence[str] | None = None) -> DataFrame:
+    """Image files under ``uri`` (recursive), or just the files ``only`` lists, with label, size, mtime and bytes."""
     root = qualified_root(uri)
-    return _binary_files(spark, uri, images_only=True).select(
+    return _binary_files(spark, list(only) if only is not None else uri, images_only=True).select(
         "path",
         label_column(F.col("path"), root).alias("label"),
         F.col("length").alias("size_bytes"),
@@ -162,13 +162,13 @@ def errors_of(results: DataFrame) -> DataFrame:
     )
 
 
-def unread_images(spark: SparkSession, stats: ListingStats, results: DataFrame, root_uri: str) -> DataFrame:
+def unread_images(spark: SparkSession, image_paths: Sequence[str], results: DataFrame, root_uri: str) -> DataFrame:
     """Listed images that the scan never returned, as error rows.
 
     Spark's file scan silently drops 0-byte files; without this they would
     vanish from both outputs.
     """
-    listed = spark.createDataFrame([(path,) for path in stats.image_paths], "path string")
+    listed = spark.createDataFrame([(path,) for path in image_paths], "path string")
     return listed.join(results.select("path"), "path", "left_anti").select(
         "path",
         label_column(F.col("path"), qualified_root(root_uri)).alias("label"),
@@ -177,6 +177,53 @@ def unread_images(spark: SparkSession, stats: ListingStats, results: DataFrame, 
         F.lit(0).cast("long").alias("size_bytes"),
         F.lit(None).cast("timestamp").alias("modified"),
     )
+
+
+def read_batches(spark: SparkSession, root: str, batches: Sequence[str]) -> DataFrame:
+    """The committed ``batch=ID`` folders of an output, as one DataFrame with a ``batch`` column."""
+    return spark.read.option("basePath", root).parquet(*(f"{root}/batch={batch}" for batch in batches))
+
+
+@dataclass(frozen=True)
+class Increment:
+    """What an attempt must do, given the inputs now and the rows earlier attempts committed.
+
+    An image is done when a committed row has its path, its size and its
+    modification time (whole seconds; NULL for 0-byte files, which have no
+    scanned time). Rows of images that changed or disappeared are stale: their
+    batches are rewritten without them.
+    """
+
+    todo: tuple[str, ...]
+    reused: int
+    stale_paths: frozenset[str]
+    stale_batches: frozenset[str]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.todo and not self.stale_batches
+
+
+def plan_increment(
+    image_paths: Sequence[str], versions: dict[str, tuple[int, int]], committed_rows: Sequence
+) -> Increment:
+    """``committed_rows`` have path, size_bytes, modified (datetime or None) and batch."""
+    listed = set(image_paths)
+    done, stale_paths, stale_batches = set(), set(), set()
+    for row in committed_rows:
+        size, mtime = versions.get(row.path, (None, None))
+        unchanged = (
+            row.path in listed
+            and size == row.size_bytes
+            and (row.modified is None or int(row.modified.timestamp()) == mtime)
+        )
+        if unchanged:
+            done.add(row.path)
+        else:
+            stale_paths.add(row.path)
+            stale_batches.add(row.batch)
+    todo = tuple(path for path in image_paths if path not in done)
+    return Increment(todo, len(done), frozenset(stale_paths), frozenset(stale_batches))
 
 
 def choose_k(explained_variance: Sequence[float], target: float) -> int:

@@ -146,3 +146,33 @@ def test_partitions_follow_files_per_partition(spark, sample_dir):
 )
 def test_listed_uris_match_the_path_column(listed, expected):
     assert pipeline.path_as_spark_shows_it(listed) == expected
+
+
+def test_plan_increment_reuses_unchanged_rows_and_marks_the_rest_stale():
+    from datetime import datetime
+    from types import SimpleNamespace as Row
+
+    def committed(path, size, modified, batch):
+        return Row(path=path, size_bytes=size, modified=modified and datetime.fromtimestamp(modified), batch=batch)
+
+    rows = [
+        committed("s3a://b/i/A/same.jpg", 10, 1_000, "b1"),
+        committed("s3a://b/i/A/empty.jpg", 0, None, "b1"),
+        committed("s3a://b/i/A/resized.jpg", 10, 1_000, "b2"),
+        committed("s3a://b/i/A/touched.jpg", 10, 1_000, "b2"),
+        committed("s3a://b/i/A/gone.jpg", 10, 1_000, "b3"),
+    ]
+    versions = {
+        "s3a://b/i/A/same.jpg": (10, 1_000),
+        "s3a://b/i/A/empty.jpg": (0, 5_000),
+        "s3a://b/i/A/resized.jpg": (11, 1_000),
+        "s3a://b/i/A/touched.jpg": (10, 2_000),
+        "s3a://b/i/B/new.jpg": (10, 1_000),
+    }
+    plan = pipeline.plan_increment(sorted(versions), versions, rows)
+    assert plan.todo == ("s3a://b/i/A/resized.jpg", "s3a://b/i/A/touched.jpg", "s3a://b/i/B/new.jpg")
+    assert plan.reused == 2
+    assert plan.stale_paths == {"s3a://b/i/A/resized.jpg", "s3a://b/i/A/touched.jpg", "s3a://b/i/A/gone.jpg"}
+    assert plan.stale_batches == {"b2", "b3"}
+    assert not plan.nothing_to_do
+    assert pipeline.plan_increment(["s3a://b/i/A/same.jpg"], versions, rows[:1]).nothing_to_do

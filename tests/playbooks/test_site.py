@@ -125,6 +125,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
                 "fruitcloud_bucket": BUCKET,
                 "aws_infra_ssh_cidr": "198.51.100.7/32",
                 "aws_infra_wait_for_ssh": False,
+                # moto enforces the bucket's deny-without-TLS policy and serves plain HTTP here.
+                "aws_infra_bucket_require_tls": False,
                 "aws_infra_private_key_path": str(tmp_path / "keys" / "fruitcloud.pem"),
                 "upload_images_dir": str(sample_dir),
                 "job_run_id": RUN_ID,
