@@ -71,7 +71,7 @@ def s3a_conf(endpoint: str | None) -> dict[str, str]:
 def spark_submit_command(
     job_args: list[str],
     endpoint: str | None,
-    master: str = "local[2]",
+    master: str = "local[2,4]",
     driver_memory: str = "1g",
     extra_conf: dict[str, str] | None = None,
 ) -> list[str]:
