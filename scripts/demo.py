@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import boto3
-from localrun import run_job, sample_images, upload_tree
+from localrun import job_args, run_job, sample_images, upload_tree
 from motoserver import TEST_CREDENTIALS, moto_server
 
 BUCKET = "fruitcloud-demo"
@@ -36,18 +36,13 @@ def main() -> int:
 
         run_id = "demo"
         job = run_job(
-            [
-                "--input",
+            job_args(
                 f"s3a://{BUCKET}/images/",
-                "--output",
                 f"s3a://{BUCKET}/runs/",
-                "--run-id",
                 run_id,
-                "--weights",
-                weights,
-                "--image-size",
-                os.environ.get("IMAGE_SIZE", "224"),
-            ],
+                weights=weights,
+                image_size=os.environ.get("IMAGE_SIZE", "224"),
+            ),
             endpoint,
         )
         if job.returncode != 0:

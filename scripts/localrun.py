@@ -68,6 +68,14 @@ def s3a_conf(endpoint: str | None) -> dict[str, str]:
     return conf
 
 
+def job_args(input_uri: str, output_uri: str, run_id: str, **options) -> list[str]:
+    """The job's command line; each option becomes ``--name value`` (``pca_k=3`` -> ``--pca-k 3``)."""
+    args = ["--input", input_uri, "--output", output_uri, "--run-id", run_id]
+    for name, value in options.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
 def spark_submit_command(
     job_args: list[str],
     endpoint: str | None,

@@ -10,12 +10,12 @@ pointed at it by AWS_EC2_METADATA_SERVICE_ENDPOINT, which both SDKs read.
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import boto3
+from loopback import serve_on_loopback
 
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 TOKEN = "fake-imds-session-token"
@@ -81,11 +81,5 @@ def fake_imds(moto_endpoint: str, role_name: str, region: str = "eu-west-1"):
             "Expiration": (now + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(role_name, assume_role, region))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", issued
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(make_handler(role_name, assume_role, region)) as url:
+        yield url, issued

@@ -13,8 +13,10 @@ import random
 import threading
 from collections import Counter
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
+
+from loopback import serve_on_loopback
 
 HOP_BY_HOP = {
     "connection",
@@ -123,12 +125,5 @@ class FaultyS3:
 def faulty_s3(upstream: str, fault_rate: float = 0.1, seed: int = 7):
     """Serve the proxy on a free port of 127.0.0.1; yield its endpoint URL and the FaultyS3 counters."""
     proxy = FaultyS3(upstream, fault_rate, seed)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), proxy.handler())
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", proxy
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(proxy.handler()) as url:
+        yield url, proxy

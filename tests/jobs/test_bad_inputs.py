@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from localrun import run_job, spark_submit_command
+from localrun import job_args, run_job, spark_submit_command
 from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
@@ -53,22 +53,15 @@ def messy_tree(tmp_path, sample_dir):
 def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
     out = tmp_path / "out"
     result = run_job(
-        [
-            "--input",
+        job_args(
             messy_tree.as_uri(),
-            "--output",
             out.as_uri(),
-            "--run-id",
             "messy",
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--pca-k",
-            "2",
-            "--max-image-pixels",
-            "4000000",
-        ],
+            weights="none",
+            image_size=32,
+            pca_k=2,
+            max_image_pixels=4_000_000,
+        ),
         endpoint=None,
     )
     assert result.returncode == 0
@@ -134,16 +127,7 @@ def test_missing_bucket_fails_in_one_line_and_writes_nothing(moto_endpoint, s3):
 
 def test_empty_prefix_fails_without_a_manifest(moto_endpoint, s3, bucket):
     result = run_failing(
-        [
-            "--input",
-            f"s3a://{bucket}/nothing/",
-            "--output",
-            f"s3a://{bucket}/runs/",
-            "--run-id",
-            "empty",
-            "--weights",
-            "none",
-        ],
+        job_args(f"s3a://{bucket}/nothing/", f"s3a://{bucket}/runs/", "empty", weights="none"),
         moto_endpoint,
     )
     assert result.returncode == 1
@@ -166,20 +150,7 @@ def test_credentials_never_reach_logs_or_outputs(moto_endpoint, s3, bucket, samp
     for path in sorted((sample_dir / "Mango").glob("*.jpg"))[:5]:
         s3.upload_file(str(path), bucket, f"images/Mango/{path.name}")
     result = run_failing(
-        [
-            "--input",
-            f"s3a://{bucket}/images/",
-            "--output",
-            f"s3a://{bucket}/runs/",
-            "--run-id",
-            "creds",
-            "--weights",
-            "none",
-            "--image-size",
-            "32",
-            "--pca-k",
-            "2",
-        ],
+        job_args(f"s3a://{bucket}/images/", f"s3a://{bucket}/runs/", "creds", weights="none", image_size=32, pca_k=2),
         moto_endpoint,
         AWS_ACCESS_KEY_ID="AKIAFRUITCLOUDTEST01",
         AWS_SECRET_ACCESS_KEY=secret,

@@ -15,7 +15,7 @@ from collections import Counter
 import psutil
 import pytest
 from faulty_s3 import faulty_s3
-from localrun import run_job, spark_submit_command
+from localrun import job_args, run_job, spark_submit_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
@@ -24,20 +24,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
     source = sample_dir / "Pear"
     out = tmp_path / "out"
-    args = [
-        "--input",
-        source.parent.as_uri(),
-        "--output",
-        out.as_uri(),
-        "--run-id",
-        "killed",
-        "--weights",
-        "none",
-        "--image-size",
-        "64",
-        "--files-per-partition",
-        "64",
-    ]
+    args = job_args(
+        source.parent.as_uri(), out.as_uri(), "killed", weights="none", image_size=64, files_per_partition=64
+    )
     log = tmp_path / "first.log"
     with open(log, "w") as stream:
         first = subprocess.Popen(
@@ -67,24 +56,16 @@ def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
     assert spark.read.parquet(str(out / "killed" / "pca")).count() == len(expected)
 
 
-def s3_job_args(bucket: str, run_id: str, *extra: str) -> list[str]:
-    return [
-        "--input",
+def s3_job_args(bucket: str, run_id: str, image_size: int = 64) -> list[str]:
+    return job_args(
         f"s3a://{bucket}/images/",
-        "--output",
         f"s3a://{bucket}/runs/",
-        "--run-id",
         run_id,
-        "--weights",
-        "none",
-        "--image-size",
-        "64",
-        "--files-per-partition",
-        "64",
-        "--pca-k",
-        "4",
-        *extra,
-    ]
+        weights="none",
+        image_size=image_size,
+        files_per_partition=64,
+        pca_k=4,
+    )
 
 
 def uploaded_classes(s3, bucket, sample_dir, classes) -> list[str]:
@@ -137,9 +118,7 @@ def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoi
     log = tmp_path / "driver.log"
     with open(log, "w") as stream:
         job = subprocess.Popen(
-            spark_submit_command(
-                s3_job_args(bucket, "worker-killed", "--image-size", "160"), moto_endpoint, "local[2,4]"
-            ),
+            spark_submit_command(s3_job_args(bucket, "worker-killed", image_size=160), moto_endpoint, "local[2,4]"),
             stdout=stream,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYSPARK_PYTHON": sys.executable},

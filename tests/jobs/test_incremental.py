@@ -8,30 +8,18 @@ import shutil
 
 import numpy as np
 import pytest
-from localrun import run_job
+from localrun import job_args, run_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 
-def job_args(images, out, run_id):
-    return [
-        "--input",
-        images.as_uri(),
-        "--output",
-        out.as_uri(),
-        "--run-id",
-        run_id,
-        "--weights",
-        "none",
-        "--image-size",
-        "64",
-        "--pca-k",
-        "3",
-    ]
-
-
 def run(images, out, run_id="inc") -> dict:
-    assert run_job(job_args(images, out, run_id), endpoint=None).returncode == 0
+    assert (
+        run_job(
+            job_args(images.as_uri(), out.as_uri(), run_id, weights="none", image_size=64, pca_k=3), None
+        ).returncode
+        == 0
+    )
     return json.loads((out / run_id / "manifest.json").read_text())
 
 

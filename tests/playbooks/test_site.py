@@ -130,7 +130,6 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
                 "aws_infra_private_key_path": str(tmp_path / "keys" / "fruitcloud.pem"),
                 "upload_images_dir": str(sample_dir),
                 "job_run_id": RUN_ID,
-                "job_image_size": 96,
                 "job_pca_k": 8,
                 "job_poll_seconds": 5,
                 "job_reports_dir": str(tmp_path / "reports"),
@@ -138,6 +137,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
             },
             env={"CONTAINERS_CONF": target["CONTAINERS_CONF"]},
         )
+    (tmp_path / "site.log").write_text(run.output)
     assert run.returncode == 0, run.output[-6000:]
     recap = run.recap("fruitcloud-master")
     assert (recap["failed"], recap["unreachable"]) == (0, 0)
