@@ -67,7 +67,14 @@ def test_upload_is_idempotent_and_run_job_brings_back_the_manifest(s3, bucket, m
     assert "images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
     fetched = sorted(p.name for p in (tmp_path / "reports" / "flow" / "report").iterdir())
     assert fetched == sorted(
-        ["report.html", "explained_variance.png", "pca_scatter.png", "class_counts.png", "stage_seconds.png"]
+        [
+            "report.html",
+            "explained_variance.png",
+            "pca_scatter.png",
+            "class_counts.png",
+            "stage_seconds.png",
+            "errors_by_reason.png",
+        ]
     )
     assert f"PCA k={manifest['pca']['k']}" in run.output
     assert (tmp_path / "job" / "featurize.zip").is_file()
