@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "jobs"), str(REPO / "scripts")]
 
 from featurize.images import decode_image  # noqa: E402
+from featurize.job import DEFAULT_FILES_PER_PARTITION  # noqa: E402
 from localrun import build_job_zip, sample_images, spark_submit_command, upload_tree  # noqa: E402
 from motoserver import TEST_CREDENTIALS, moto_server  # noqa: E402
 
@@ -96,7 +97,7 @@ def featurization_stage(uri: str, n_images: int) -> dict:
     spark = builder.getOrCreate()
     spark.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-bench.zip")))
     try:
-        pipeline.plan_partitions(spark, n_images, 256)
+        pipeline.plan_partitions(spark, n_images, DEFAULT_FILES_PER_PARTITION)
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_SIZE))
         images = pipeline.load_images(spark, uri).cache()
         images.count()
