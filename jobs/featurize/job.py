@@ -235,7 +235,9 @@ def run(spark, args: argparse.Namespace) -> dict:
     if not increment.nothing_to_do:
         batch = new_batch_id()
         with clock.stage("featurize_and_write_features") as details:
-            partitions = pipeline.plan_partitions(spark, len(increment.todo), args.files_per_partition)
+            partitions = pipeline.plan_partitions(
+                spark, len(increment.todo), args.files_per_partition, stats.average_bytes
+            )
             write_batch(
                 spark, args.input, increment, committed, settings, (decode_seconds, cnn_seconds), run_uri, batch
             )

@@ -32,6 +32,11 @@ RESULT_TYPE = T.StructType(
 class ListingStats:
     files: int
     image_paths: tuple[str, ...]
+    total_bytes: int = 0
+
+    @property
+    def average_bytes(self) -> int:
+        return self.total_bytes // self.files if self.files else 0
 
     @property
     def images(self) -> int:
@@ -79,27 +84,37 @@ def list_inputs(spark: SparkSession, uri: str) -> ListingStats:
     The index is built by LIST calls alone; counting the DataFrame instead would
     stat every file (one HEAD request per object on S3), ten times slower.
     """
-    files = [path_as_spark_shows_it(p) for p in _binary_files(spark, uri, images_only=False).inputFiles()]
+    everything = _binary_files(spark, uri, images_only=False)
+    files = [path_as_spark_shows_it(p) for p in everything.inputFiles()]
     # One LIST pass; the extension rule is the same as the read's pathGlobFilter.
     images = tuple(p for p in files if has_image_extension(p.rsplit("/", 1)[-1]))
-    return ListingStats(files=len(files), image_paths=images)
+    # The file index already holds every size: its total is the plan's size estimate.
+    total_bytes = int(everything._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
+    return ListingStats(files=len(files), image_paths=images, total_bytes=total_bytes)
 
 
-def plan_partitions(spark: SparkSession, images: int, files_per_partition: int) -> int:
+def plan_partitions(spark: SparkSession, images: int, files_per_partition: int, average_bytes: int = 0) -> int:
     """Size file splits so that each task gets about ``files_per_partition`` images.
 
-    Spark packs files into a split until their sizes plus a per-file open cost
-    (spark.sql.files.openCostInBytes, 4 MB) reach the split size. Small images
-    weigh almost nothing next to that cost, so the split size is set as a number
-    of open costs; large photos then fill a split sooner, which is what we want.
-    Fewer, larger tasks keep CNN batches full; at least one task per core keeps
-    every core busy. Returns the expected number of partitions.
+    Spark packs files into a split while their sizes, plus a per-file open cost
+    (spark.sql.files.openCostInBytes, 4 MB), fit the split size; so the split
+    size is set from the number of files wanted, their average size and that
+    cost, with one open cost of slack so that a split never falls one file
+    short (which would add a whole wave of tiny tasks). Fewer, larger tasks keep
+    CNN batches full and pay the per-task start cost less often. The task count
+    is rounded up to whole waves of task slots and the images spread evenly
+    over them, so no core idles through a short last wave. Returns the expected
+    number of partitions.
     """
-    parallelism = spark.sparkContext.defaultParallelism
-    per_partition = max(1, min(files_per_partition, math.ceil(images / max(parallelism, 1))))
+    if images == 0:
+        return 0
+    slots = max(spark.sparkContext.defaultParallelism, 1)
+    tasks = math.ceil(math.ceil(images / files_per_partition) / slots) * slots
+    per_partition = max(1, math.ceil(images / tasks))
     open_cost = int(spark.conf.get("spark.sql.files.openCostInBytes", str(4 * 1024 * 1024)))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(per_partition * open_cost))
-    return math.ceil(images / per_partition) if images else 0
+    split_bytes = per_partition * (open_cost + average_bytes) + open_cost
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split_bytes))
+    return math.ceil(images / per_partition)
 
 
 def load_images(spark: SparkSession, uri: str, only: Sequence[str] | None = None) -> DataFrame:
