@@ -20,8 +20,11 @@ from localrun import job_args, run_job, spark_submit_command
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 
-@pytest.mark.parametrize("kill_at", ["stage featurize_and_write_features: started", "stage pca_fit: started"])
-def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
+@pytest.mark.parametrize(
+    ("kill_at", "rerun_reuses_the_features"),
+    [("stage featurize_and_write_features: started", False), ("stage pca_fit: started", True)],
+)
+def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at, rerun_reuses_the_features):
     source = sample_dir / "Pear"
     out = tmp_path / "out"
     args = job_args(
@@ -54,6 +57,11 @@ def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
     assert sorted(paths) == expected, "each image exactly once"
     assert manifest["counts"]["featurized"] == len(expected)
     assert spark.read.parquet(str(out / "killed" / "pca")).count() == len(expected)
+    redone = 0 if rerun_reuses_the_features else len(expected)
+    assert (manifest["incremental"]["featurized_now"], manifest["incremental"]["reused_images"]) == (
+        redone,
+        len(expected) - redone,
+    ), "the rerun redid committed work, or reused uncommitted work"
 
 
 def s3_job_args(bucket: str, run_id: str, image_size: int = 64) -> list[str]:
