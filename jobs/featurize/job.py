@@ -256,7 +256,8 @@ def run(spark, args: argparse.Namespace) -> dict:
     with clock.stage("verify_counts") as details:
         features = pipeline.read_batches(spark, features_uri, committed).drop("batch")
         featurized = features.count()
-        errors = pipeline.read_batches(spark, errors_uri, committed).count()
+        error_rows = pipeline.read_batches(spark, errors_uri, committed).drop("batch")
+        errors = error_rows.count()
         labels = {row["label"]: row["count"] for row in features.groupBy("label").count().collect()}
         details.update(featurized=featurized, errors=errors, classes=len(labels))
     if featurized + errors != stats.images:
@@ -322,7 +323,7 @@ def run(spark, args: argparse.Namespace) -> dict:
         "outputs": {name: join(run_uri, name) for name in ("features", "errors", "pca", "pca_model")},
     }
     with clock.stage("report") as details:
-        manifest["outputs"]["report"] = write_report(spark, storage, manifest, run_uri, features, pca)
+        manifest["outputs"]["report"] = write_report(storage, manifest, run_uri, features, error_rows, pca)
         details.update(uri=manifest["outputs"]["report"])
     # Written last: a run without manifest.json is not complete, whatever else is there.
     storage.write_bytes(manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
@@ -394,7 +395,7 @@ def write_batch(spark, input_uri, increment, committed, settings, accumulators, 
             results.unpersist()
 
 
-def write_report(spark, storage: Storage, manifest: dict, run_uri: str, features, pca) -> str | None:
+def write_report(storage: Storage, manifest: dict, run_uri: str, features, errors, pca) -> str | None:
     """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run.
 
     The scatter projects the sample with the fitted PCA stage itself, so PC 2 is
@@ -415,7 +416,7 @@ def write_report(spark, storage: Storage, manifest: dict, run_uri: str, features
             .collect()
         )
         points = [(row.pc[0], row.pc[1] if len(row.pc) > 1 else 0.0, row.label) for row in sample]
-        reasons = spark.read.parquet(join(run_uri, "errors")).groupBy("reason").count().orderBy(F.desc("count"))
+        reasons = errors.groupBy("reason").count().orderBy(F.desc("count"))
         errors_by_reason = {row["reason"]: row["count"] for row in reasons.limit(30).collect()}
         report_uri = join(run_uri, "report")
         for name, data in build_report(manifest, points, errors_by_reason).items():

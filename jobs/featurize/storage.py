@@ -33,14 +33,6 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def spark_path(uri: str, relative: str) -> str:
-    """A file under ``uri`` spelled as Spark's binaryFile ``path`` column spells it."""
-    if is_s3(uri):
-        bucket, prefix = split_s3(uri)
-        return f"{urlparse(uri).scheme}://{bucket}/{join(prefix, relative).lstrip('/')}"
-    return "file:" + os.path.abspath(local_path(uri) / relative)
-
-
 class Storage:
     """Read and write small objects addressed by URI (s3a://, s3://, file:// or a path)."""
 
@@ -128,19 +120,26 @@ class Storage:
         else:
             local_path(uri).unlink(missing_ok=True)
 
+    def _pages(self, uri: str, **options):
+        """The LIST pages of every key under the S3 folder ``uri``, with its bucket and key prefix."""
+        bucket, prefix = split_s3(join(uri, ""))
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **options):
+            yield bucket, prefix, page
+
     def list_dirs(self, uri: str) -> list[str]:
         """Names of the folders directly under ``uri``."""
         if is_s3(uri):
-            bucket, prefix = split_s3(join(uri, ""))
-            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-            return [p["Prefix"][len(prefix) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", [])]
+            return [
+                common["Prefix"][len(prefix) :].rstrip("/")
+                for _, prefix, page in self._pages(uri, Delimiter="/")
+                for common in page.get("CommonPrefixes", [])
+            ]
         path = local_path(uri)
         return sorted(child.name for child in path.iterdir() if child.is_dir()) if path.is_dir() else []
 
     def delete_tree(self, uri: str) -> None:
         if is_s3(uri):
-            bucket, prefix = split_s3(join(uri, ""))
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for bucket, _, page in self._pages(uri):
                 keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
                 if keys:
                     self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
@@ -150,24 +149,21 @@ class Storage:
     def file_versions(self, uri: str) -> dict[str, tuple[int, int]]:
         """Every file under ``uri`` as {Spark path: (size in bytes, modification time in whole seconds)}.
 
-        One LIST pass on S3 (1,000 keys per request); the same values the
-        binaryFile scan records, so a file that did not change compares equal.
+        Paths are spelled as the binaryFile ``path`` column spells them. One LIST
+        pass on S3 (1,000 keys per request); the same values the binaryFile scan
+        records, so a file that did not change compares equal.
         """
         if is_s3(uri):
-            bucket, prefix = split_s3(join(uri, ""))
-            versions = {}
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    relative = item["Key"][len(prefix) :]
-                    versions[spark_path(uri, relative)] = (item["Size"], int(item["LastModified"].timestamp()))
-            return versions
-        root = local_path(uri)
+            scheme = urlparse(uri).scheme
+            return {
+                f"{scheme}://{bucket}/{item['Key']}": (item["Size"], int(item["LastModified"].timestamp()))
+                for bucket, _, page in self._pages(uri)
+                for item in page.get("Contents", [])
+            }
         versions = {}
-        for directory, _, names in os.walk(root):
+        for directory, _, names in os.walk(local_path(uri)):
             for name in names:
-                stat = os.stat(os.path.join(directory, name))
-                versions[spark_path(uri, os.path.relpath(os.path.join(directory, name), root))] = (
-                    stat.st_size,
-                    int(stat.st_mtime),
-                )
+                path = os.path.abspath(os.path.join(directory, name))
+                stat = os.stat(path)
+                versions["file:" + path] = (stat.st_size, int(stat.st_mtime))
         return versions

@@ -45,13 +45,12 @@ def aws(tmp_path):
 @pytest.fixture
 def target(podman_target_image):
     """The container that plays the EC2 host: systemd, host network (moto and IMDS on its 127.0.0.1)."""
-    podman = ["podman"]
     env = {**os.environ, "CONTAINERS_CONF": str(REPO / "molecule" / "containers.conf")}
-    subprocess.run([*podman, "rm", "--force", CONTAINER], env=env, check=True, capture_output=True)
+    subprocess.run(["podman", "rm", "--force", CONTAINER], env=env, check=True, capture_output=True)
     pip_cache = os.environ.get("PIP_CACHE_DIR", "/root/.cache/pip")
     subprocess.run(
         [
-            *podman,
+            "podman",
             "run",
             "--detach",
             "--name",
@@ -80,11 +79,11 @@ def target(podman_target_image):
     # As Molecule's prepare step: trust the controller's extra CAs (TLS-intercepting egress) for pip.
     for certificate in Path("/usr/local/share/ca-certificates").glob("*.crt"):
         subprocess.run(
-            [*podman, "cp", str(certificate), f"{CONTAINER}:/usr/local/share/ca-certificates/"], env=env, check=True
+            ["podman", "cp", str(certificate), f"{CONTAINER}:/usr/local/share/ca-certificates/"], env=env, check=True
         )
-    subprocess.run([*podman, "exec", CONTAINER, "update-ca-certificates"], env=env, check=True, capture_output=True)
+    subprocess.run(["podman", "exec", CONTAINER, "update-ca-certificates"], env=env, check=True, capture_output=True)
     yield env
-    subprocess.run([*podman, "rm", "--force", CONTAINER], env=env, check=False, capture_output=True)
+    subprocess.run(["podman", "rm", "--force", CONTAINER], env=env, check=False, capture_output=True)
 
 
 def flow_inventory(directory, endpoint, test_weights):
