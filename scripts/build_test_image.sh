@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Build the local Molecule target: a Debian 12 root made with debootstrap from
-# this host's own apt mirror, with systemd as PID 1, imported into podman.
+# Build the local stand-in for an EC2 Ubuntu host: a Debian 12 root made with
+# debootstrap from this host's own apt mirror, systemd as PID 1, sshd and sudo,
+# and a first-boot unit that does what cloud-init does on EC2 (tests/ec2_standin/).
 # No registry is involved. The packed root is cached in .cache/ between runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE="${MOLECULE_IMAGE:-localhost/fruitcloud-debian12}"
-ARCHIVE=.cache/debian12-rootfs.tar.zst
+STANDIN=tests/ec2_standin
+# The image and its cache are named after what goes into them, so a change rebuilds both.
+VERSION=$(cat "$0" "$STANDIN"/* | sha256sum | cut -c1-12)
+IMAGE="${MOLECULE_IMAGE:-localhost/fruitcloud-ec2-standin:$VERSION}"
+ARCHIVE=.cache/ec2-standin-rootfs-$VERSION.tar.zst
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/molecule/containers.conf}"
 
 if podman image exists "$IMAGE"; then
-  echo "podman image $IMAGE already present"
+  echo "$IMAGE"
   exit 0
 fi
 
@@ -28,11 +32,18 @@ if [[ ! -f "$ARCHIVE" ]]; then
   rootfs=$(mktemp -d /var/tmp/fruitcloud-rootfs.XXXXXX)
   trap 'rm -rf "$rootfs"' EXIT
   mirror=$(debian_mirror)
-  echo "debootstrap bookworm from $mirror"
+  echo "debootstrap bookworm from $mirror" >&2
   debootstrap --variant=minbase \
-    --include=python3,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,ca-certificates \
+    --include=python3,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,ca-certificates,openssh-server,sudo \
     bookworm "$rootfs" "$mirror" >/dev/null
   chroot "$rootfs" apt-get clean
+  # Host keys are made at first boot, per instance, as cloud-init does.
+  rm -f "$rootfs"/etc/ssh/ssh_host_*
+  install -m 0755 "$STANDIN/cloud-init-standin.py" "$rootfs/usr/local/sbin/cloud-init-standin.py"
+  install -m 0644 "$STANDIN/cloud-init-standin.service" "$rootfs/etc/systemd/system/cloud-init-standin.service"
+  install -d "$rootfs/etc/systemd/system/ssh.service.d"
+  install -m 0644 "$STANDIN/ssh-after-cloud-init.conf" "$rootfs/etc/systemd/system/ssh.service.d/cloud-init-standin.conf"
+  ln -sf /etc/systemd/system/cloud-init-standin.service "$rootfs/etc/systemd/system/multi-user.target.wants/cloud-init-standin.service"
   rm -rf "$rootfs"/var/lib/apt/lists/*
   # An empty lists dir newer than cache_valid_time would make apt skip its update.
   touch -d 2000-01-01 "$rootfs/var/lib/apt/lists"
@@ -40,4 +51,4 @@ if [[ ! -f "$ARCHIVE" ]]; then
   tar -C "$rootfs" -cf - . | zstd -q -T0 -o "$ARCHIVE"
 fi
 zstd -dc "$ARCHIVE" | podman import --change 'CMD ["/sbin/init"]' - "$IMAGE" >/dev/null
-echo "built podman image $IMAGE"
+echo "$IMAGE"

@@ -30,11 +30,13 @@ def sample_dir():
 
 @pytest.fixture(scope="session")
 def podman_target_image():
-    """The Debian 12 systemd image that stands in for an Ubuntu EC2 host (built once, cached)."""
+    """The EC2 stand-in image (Debian 12, systemd, sshd, sudo, first-boot unit); its name carries its version."""
     if not shutil.which("podman"):
         pytest.fail("podman is required for the local target: apt-get install podman runc debootstrap zstd")
-    subprocess.run(["bash", str(REPO / "scripts" / "build_test_image.sh")], check=True)
-    return "localhost/fruitcloud-debian12"
+    built = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_test_image.sh")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return built.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

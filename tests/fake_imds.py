@@ -1,10 +1,14 @@
-"""An EC2 instance metadata service (IMDSv2) on 127.0.0.1 that hands out moto STS credentials.
+"""An EC2 instance metadata service (IMDSv2) on 127.0.0.1 backed by moto.
 
 On EC2 the job gets its credentials from the instance profile through IMDS; no
 key is ever written on the host. To test that path without EC2, this server
 answers the IMDS calls that boto3 and the AWS Java SDK (s3a) make, with
 temporary credentials from moto's STS for the provisioned role. The clients are
 pointed at it by AWS_EC2_METADATA_SERVICE_ENDPOINT, which both SDKs read.
+
+It also serves the public key of the instance's key pair, read from moto's EC2
+(404 until provision.yml has created it), which the EC2 stand-in's first-boot
+unit installs for `ubuntu`, as cloud-init does on EC2.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 TOKEN = "fake-imds-session-token"
 
 
-def make_handler(role_name: str, assume_role, region: str):
+PUBLIC_KEY_PATH = "/latest/meta-data/public-keys/0/openssh-key"
+
+
+def make_handler(role_name: str, assume_role, region: str, public_key):
     class MetadataHandler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -48,6 +55,9 @@ def make_handler(role_name: str, assume_role, region: str):
                 self.reply(200, role_name)
             elif self.path == CREDENTIALS_PATH + role_name:
                 self.reply(200, json.dumps(assume_role()), "application/json")
+            elif self.path == PUBLIC_KEY_PATH:
+                key = public_key()
+                self.reply(200, key) if key else self.reply(404, "")
             elif self.path == "/latest/meta-data/placement/region":
                 self.reply(200, region)
             elif self.path == "/latest/dynamic/instance-identity/document":
@@ -59,9 +69,10 @@ def make_handler(role_name: str, assume_role, region: str):
 
 
 @contextmanager
-def fake_imds(moto_endpoint: str, role_name: str, region: str = "eu-west-1"):
+def fake_imds(moto_endpoint: str, role_name: str, key_name: str = "fruitcloud", region: str = "eu-west-1"):
     """Serve IMDS on a free port of 127.0.0.1; yield its URL and the access key ids it handed out."""
     sts = boto3.client("sts", endpoint_url=moto_endpoint, region_name=region)
+    ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=region)
     account = sts.get_caller_identity()["Account"]
     issued: list[str] = []
 
@@ -81,5 +92,9 @@ def fake_imds(moto_endpoint: str, role_name: str, region: str = "eu-west-1"):
             "Expiration": (now + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
-    with serve_on_loopback(make_handler(role_name, assume_role, region)) as url:
+    def public_key() -> str | None:
+        pairs = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [key_name]}], IncludePublicKey=True)
+        return pairs["KeyPairs"][0].get("PublicKey") if pairs["KeyPairs"] else None
+
+    with serve_on_loopback(make_handler(role_name, assume_role, region, public_key)) as url:
         yield url, issued

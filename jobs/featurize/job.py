@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
+import pwd
 import sys
 import time
 import uuid
@@ -283,6 +285,7 @@ def run(spark, args: argparse.Namespace) -> dict:
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": args.input,
         "output": run_uri,
+        "host": {"name": platform.node(), "user": pwd.getpwuid(os.geteuid()).pw_name},
         "parameters": {
             **asdict(settings),
             "pca_variance": args.pca_variance,

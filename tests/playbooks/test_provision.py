@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 
@@ -41,9 +42,26 @@ def provision_vars(endpoint, directory, **overrides):
         "fruitcloud_bucket": BUCKET,
         "aws_infra_ssh_cidr": OPERATOR_CIDR,
         "aws_infra_wait_for_ssh": False,
-        "aws_infra_private_key_path": str(directory / "keys" / "fruitcloud.pem"),
+        "fruitcloud_ssh_private_key": str(directory / "keys" / "fruitcloud.pem"),
         **overrides,
     }
+
+
+def allowed(policy: dict, action: str, resource: str) -> bool:
+    """IAM's rule for identity policies without conditions: an explicit Deny wins, else any Allow, else denied.
+
+    moto does not enforce IAM, so the provisioned policy is evaluated here as AWS would.
+    """
+
+    def matches(statement) -> bool:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        return any(fnmatch.fnmatchcase(action, a) for a in actions) and any(
+            fnmatch.fnmatchcase(resource, r) for r in resources
+        )
+
+    effects = {s["Effect"] for s in policy["Statement"] if matches(s)}
+    return "Allow" in effects and "Deny" not in effects
 
 
 def test_provision_creates_everything_with_the_right_properties(fresh_aws):
@@ -68,16 +86,35 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     [deny] = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]
     assert (deny["Effect"], deny["Condition"]) == ("Deny", {"Bool": {"aws:SecureTransport": "false"}})
     assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"]}["project"] == "fruitcloud"
-    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
-    assert (rule["Expiration"]["Days"], rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]) == (7, 2)
+    assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
+    rules = {rule["ID"]: rule for rule in s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]}
+    tmp, noncurrent = rules["expire-tmp"], rules["expire-noncurrent"]
+    assert (tmp["Expiration"]["Days"], tmp["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]) == (7, 2)
+    assert (noncurrent["Status"], noncurrent["NoncurrentVersionExpiration"]["NoncurrentDays"]) == ("Enabled", 7)
 
     iam = client("iam", endpoint)
-    document = iam.get_role_policy(RoleName="fruitcloud-host", PolicyName="fruitcloud-s3")["PolicyDocument"]
-    statements = {s["Sid"]: (s["Action"], s["Resource"]) for s in document["Statement"]}
-    assert statements == {
-        "ListTheBucket": (["s3:ListBucket"], [f"arn:aws:s3:::{BUCKET}"]),
-        "ReadWriteItsObjects": (["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], [f"arn:aws:s3:::{BUCKET}/*"]),
+    policy = iam.get_role_policy(RoleName="fruitcloud-host", PolicyName="fruitcloud-s3")["PolicyDocument"]
+    bucket, objects = f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/"
+    expected = {
+        ("s3:ListBucket", bucket): True,
+        ("s3:ListBucketMultipartUploads", bucket): True,
+        ("s3:GetObject", objects + "images/Apple/1.jpg"): True,
+        ("s3:GetObject", objects + "runs/r1/manifest.json"): True,
+        ("s3:PutObject", objects + "runs/r1/features/part-0.parquet"): True,
+        ("s3:DeleteObject", objects + "runs/r1/_lock"): True,
+        ("s3:AbortMultipartUpload", objects + "runs/r1/features/part-0.parquet"): True,
+        ("s3:ListMultipartUploadParts", objects + "runs/r1/features/part-0.parquet"): True,
+        # The hosts can neither delete nor replace an input image, nor touch other prefixes or buckets.
+        ("s3:DeleteObject", objects + "images/Apple/1.jpg"): False,
+        ("s3:PutObject", objects + "images/Apple/1.jpg"): False,
+        ("s3:GetObject", objects + "private/notes.txt"): False,
+        ("s3:PutObject", objects + "imagesX/1.jpg"): False,
+        ("s3:DeleteBucket", bucket): False,
+        ("s3:PutBucketPolicy", bucket): False,
+        ("s3:GetObject", "arn:aws:s3:::another-bucket/images/1.jpg"): False,
+        ("s3:DeleteObjectVersion", objects + "runs/r1/manifest.json"): False,
     }
+    assert {case: allowed(policy, *case) for case in expected} == expected
     assert iam.list_attached_role_policies(RoleName="fruitcloud-host")["AttachedPolicies"] == []
     profile = iam.get_instance_profile(InstanceProfileName="fruitcloud-host")["InstanceProfile"]
     assert [r["RoleName"] for r in profile["Roles"]] == ["fruitcloud-host"]
@@ -86,6 +123,7 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
     ingress = {(p["IpProtocol"], p.get("FromPort")): p for p in group["IpPermissions"]}
     assert [r["CidrIp"] for r in ingress[("tcp", 22)]["IpRanges"]] == [OPERATOR_CIDR]
+    assert ingress[("tcp", 22)]["Ipv6Ranges"] == []
     assert [g["GroupId"] for g in ingress[("-1", None)]["UserIdGroupPairs"]] == [group["GroupId"]]
     assert set(ingress) == {("tcp", 22), ("-1", None)}, "no Jupyter or other port open"
 
@@ -131,10 +169,19 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert groups["spark_workers"]["hosts"] == ["fruitcloud-worker-1"]
     assert sorted(groups["spark"]["hosts"]) == ["fruitcloud-master", "fruitcloud-worker-1"]
 
+    known_hosts = directory / "known_hosts"
+    known_hosts.write_text("[203.0.113.9]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7\n")
     down = run_playbook(
-        "teardown.yml", inventory, {"fruitcloud_aws_endpoint_url": endpoint, "fruitcloud_bucket": BUCKET}
+        "teardown.yml",
+        inventory,
+        {
+            "fruitcloud_aws_endpoint_url": endpoint,
+            "fruitcloud_bucket": BUCKET,
+            "fruitcloud_known_hosts_file": str(known_hosts),
+        },
     )
     assert down.returncode == 0, down.output[-4000:]
+    assert not known_hosts.exists(), "teardown forgets the host keys of the terminated hosts"
     states = {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert states == {"terminated"}
     assert [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]] == ["default"]
@@ -152,7 +199,7 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert s3.list_buckets()["Buckets"] == []
 
 
-@pytest.mark.parametrize("release", ["18.04", "22.04"])
+@pytest.mark.parametrize("release", ["22.04", "24.04"])
 def test_ubuntu_release_selects_the_matching_image(fresh_aws, release):
     endpoint, directory = fresh_aws
     run = run_playbook(
@@ -162,15 +209,99 @@ def test_ubuntu_release_selects_the_matching_image(fresh_aws, release):
     )
     assert run.returncode == 0, run.output[-4000:]
     [reservation] = client("ec2", endpoint).describe_instances()["Reservations"]
-    assert reservation["Instances"][0]["ImageId"] == {"18.04": "ami-0a2", "22.04": "ami-0b2"}[release] + "0" * 14
+    assert reservation["Instances"][0]["ImageId"] == {"22.04": "ami-0b2", "24.04": "ami-0c2"}[release] + "0" * 14
 
 
-@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "not-a-cidr"])
-def test_open_or_invalid_ssh_cidr_is_refused_before_any_change(fresh_aws, cidr):
+def refused_before_any_change(run, endpoint, message: str) -> None:
+    assert run.returncode != 0
+    assert message in " ".join(run.output.split()), run.output[-3000:]
+    assert client("s3", endpoint).list_buckets()["Buckets"] == []
+    assert client("ec2", endpoint).describe_key_pairs()["KeyPairs"] == []
+
+
+def test_ubuntu_1804_is_refused_before_any_change(fresh_aws):
     endpoint, directory = fresh_aws
     run = run_playbook(
-        "provision.yml", localhost_inventory(directory), provision_vars(endpoint, directory, aws_infra_ssh_cidr=cidr)
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(endpoint, directory),
+        "-e",
+        "aws_infra_ubuntu_release=18.04",
+    )
+    refused_before_any_change(run, endpoint, "Ubuntu 18.04 cannot be managed by this project's Ansible")
+
+
+def test_an_image_lookup_that_finds_nothing_says_what_was_looked_for(fresh_aws):
+    endpoint, directory = fresh_aws
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(endpoint, directory, aws_infra_ubuntu_release="20.04"),
     )
     assert run.returncode != 0
-    assert "0.0.0.0/0 is refused unless aws_infra_allow_ssh_from_anywhere=true" in run.output
-    assert client("s3", endpoint).list_buckets()["Buckets"] == []
+    assert (
+        "no available x86_64 image named ubuntu/images/hvm-ssd/ubuntu-focal-20.04-amd64-server-* owned by "
+        "099720109477 (Canonical) in eu-west-1" in " ".join(run.output.split())
+    ), run.output[-3000:]
+    assert client("ec2", endpoint).describe_instances()["Reservations"] == []
+
+
+@pytest.mark.parametrize(
+    ("cidr", "message"),
+    [
+        ("0.0.0.0/0", "prefixes wider than /16 are refused (0.0.0.0/0 included)"),
+        ("203.0.113.7/0", "has bits set past its prefix; it means 0.0.0.0/0"),
+        ("0.0.0.0/00", "has bits set past its prefix; it means 0.0.0.0/0"),
+        ("10.0.0.0/1", "has bits set past its prefix; it means 0.0.0.0/1"),
+        ("128.0.0.0/1", "prefixes wider than /16 are refused"),
+        ("::/0", "prefixes wider than /48 are refused"),
+        ("203.0.113.7", "must be your public address as a CIDR block"),
+        ("not-a-cidr", "must be your public address as a CIDR block"),
+        ("203.0.113.7/33", "must be your public address as a CIDR block"),
+    ],
+)
+def test_wide_or_invalid_ssh_cidr_is_refused_before_any_aws_call(fresh_aws, cidr, message):
+    endpoint, directory = fresh_aws
+    # Typed as on a command line: -e strings, switches included.
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(endpoint, directory),
+        "-e",
+        f"aws_infra_ssh_cidr={cidr}",
+        "-e",
+        "aws_infra_allow_ssh_from_anywhere=false",
+    )
+    refused_before_any_change(run, endpoint, message)
+
+
+def test_switches_typed_on_the_command_line_take_effect(fresh_aws):
+    """-e name=false is the string "false"; each switch must still read as false, and an IPv6 block works."""
+    endpoint, directory = fresh_aws
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        {k: v for k, v in provision_vars(endpoint, directory).items() if k != "aws_infra_wait_for_ssh"},
+        "-e",
+        "aws_infra_ssh_cidr=2001:db8::7/128",
+        "-e",
+        "aws_infra_bucket_require_tls=false",
+        "-e",
+        "aws_infra_bucket_versioning=false",
+        "-e",
+        "aws_infra_wait_for_ssh=false",
+        "-e",
+        "aws_infra_allow_ssh_from_anywhere=false",
+        "-e",
+        "aws_infra_spark_worker_count=1",
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    s3 = client("s3", endpoint)
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchBucketPolicy"):
+        s3.get_bucket_policy(Bucket=BUCKET)
+    assert s3.get_bucket_versioning(Bucket=BUCKET).get("Status") in (None, "Suspended")
+    ec2 = client("ec2", endpoint)
+    [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
+    [ssh_rule] = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
+    assert ([r["CidrIpv6"] for r in ssh_rule["Ipv6Ranges"]], ssh_rule["IpRanges"]) == (["2001:db8::7/128"], [])
+    assert len(ec2.describe_instances()["Reservations"]) == 2

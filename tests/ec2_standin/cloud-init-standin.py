@@ -1,0 +1,71 @@
+#!/usr/bin/python3
+"""What cloud-init does at first boot of an Ubuntu EC2 instance, for the test stand-in.
+
+Creates the default user `ubuntu` with passwordless sudo, generates this
+host's SSH host keys, and installs the key pair's public key as ubuntu's only
+authorized key, read from the instance metadata service (IMDSv2), which serves
+it once provision.yml has created the key pair. sshd starts only after this
+unit (ssh.service drop-in), on the loopback port the test assigned.
+"""
+
+import os
+import pathlib
+import pwd
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+SETTINGS = pathlib.Path("/etc/ec2-standin")
+DEADLINE_SECONDS = 900
+
+
+def metadata(base: str, path: str) -> str:
+    token_request = urllib.request.Request(
+        base + "/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+    )
+    token = urllib.request.urlopen(token_request, timeout=5).read().decode()
+    request = urllib.request.Request(base + path, headers={"X-aws-ec2-metadata-token": token})
+    return urllib.request.urlopen(request, timeout=5).read().decode()
+
+
+def wait_for_public_key(base: str) -> str:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        try:
+            return metadata(base, "/latest/meta-data/public-keys/0/openssh-key")
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def main() -> None:
+    base = (SETTINGS / "imds_url").read_text().strip()
+    port = (SETTINGS / "ssh_port").read_text().strip()
+    if pathlib.Path("/usr/local/share/ca-certificates").is_dir():
+        subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+    try:
+        pwd.getpwnam("ubuntu")
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "ubuntu"], check=True)
+    sudoers = pathlib.Path("/etc/sudoers.d/90-cloud-init-users")
+    sudoers.write_text("ubuntu ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    subprocess.run(["ssh-keygen", "-A"], check=True, capture_output=True)
+    pathlib.Path("/etc/ssh/sshd_config.d/ec2-standin.conf").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin no\n"
+    )
+    user = pwd.getpwnam("ubuntu")
+    ssh_dir = pathlib.Path(user.pw_dir) / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(wait_for_public_key(base).strip() + "\n")
+    keys.chmod(0o600)
+    for path in (ssh_dir, keys):
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+if __name__ == "__main__":
+    main()
