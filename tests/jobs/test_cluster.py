@@ -20,74 +20,112 @@ pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 
 
-@pytest.fixture
-def standalone_cluster(tmp_path):
-    port, ui = free_port(), free_port()
+SECRET = "0f" * 32
+
+
+def spark_daemon(kind: str, tmp_path: Path, name: str, *args: str, secret: str | None) -> subprocess.Popen:
+    """A standalone master or worker, with spark.authenticate and ``secret`` in its properties (or none)."""
+    properties = tmp_path / f"{name}.conf"
+    properties.write_text(
+        f"spark.authenticate true\nspark.authenticate.secret {secret}\n" if secret else "spark.authenticate true\n"
+    )
     env = {
         **os.environ,
         "SPARK_LOCAL_IP": "127.0.0.1",
         "PYSPARK_PYTHON": sys.executable,
         "SPARK_LOG_DIR": str(tmp_path / "logs"),
     }
+    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - the daemon writes it until terminated
+    return subprocess.Popen(
+        [str(SPARK_CLASS), f"org.apache.spark.deploy.{kind}", "--properties-file", str(properties), *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def start_worker(tmp_path: Path, name: str, master: str, secret: str | None) -> subprocess.Popen:
+    work = tmp_path / name
+    work.mkdir()
+    return spark_daemon(
+        "worker.Worker",
+        tmp_path,
+        name,
+        "--cores",
+        "1",
+        "--memory",
+        "1500m",
+        "--work-dir",
+        str(work),
+        "--webui-port",
+        str(free_port()),
+        "--host",
+        "127.0.0.1",
+        master,
+        secret=secret,
+    )
+
+
+def alive_workers(ui: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
+            return json.load(response)["aliveworkers"]
+    except OSError:
+        return -1
+
+
+@pytest.fixture
+def authenticated_master(tmp_path):
+    """A master that, as the spark role configures it on a cluster, requires the shared secret."""
+    port, ui = free_port(), free_port()
     processes = [
-        subprocess.Popen(
-            [
-                str(SPARK_CLASS),
-                "org.apache.spark.deploy.master.Master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--webui-port",
-                str(ui),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        spark_daemon(
+            "master.Master",
+            tmp_path,
+            "master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+            secret=SECRET,
         )
     ]
-    for index in (1, 2):
-        work = tmp_path / f"worker{index}"
-        work.mkdir()
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(SPARK_CLASS),
-                    "org.apache.spark.deploy.worker.Worker",
-                    "--cores",
-                    "1",
-                    "--memory",
-                    "1500m",
-                    "--work-dir",
-                    str(work),
-                    "--webui-port",
-                    str(free_port()),
-                    "--host",
-                    "127.0.0.1",
-                    f"spark://127.0.0.1:{port}",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
-                    if json.load(response)["aliveworkers"] == 2:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "workers did not register with the master"
-            time.sleep(1)
-        yield f"spark://127.0.0.1:{port}"
+        yield f"spark://127.0.0.1:{port}", ui, processes
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+def wait_for_workers(ui: int, count: int, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while alive_workers(ui) != count:
+        assert time.monotonic() < deadline, f"{count} workers did not register with the master"
+        time.sleep(1)
+
+
+@pytest.fixture
+def standalone_cluster(tmp_path, authenticated_master):
+    master, ui, processes = authenticated_master
+    for index in (1, 2):
+        processes.append(start_worker(tmp_path, f"worker{index}", master, SECRET))
+    wait_for_workers(ui, 2)
+    return master
+
+
+def test_master_refuses_a_worker_without_the_cluster_secret(tmp_path, authenticated_master):
+    master, ui, processes = authenticated_master
+    wait_for_workers(ui, 0)
+    processes.append(start_worker(tmp_path, "stranger", master, secret=None))
+    processes.append(start_worker(tmp_path, "wrong", master, secret="aa" * 32))
+    time.sleep(20)
+    assert alive_workers(ui) == 0, "a worker without the right secret joined the cluster"
+    processes.append(start_worker(tmp_path, "member", master, SECRET))
+    wait_for_workers(ui, 1)
 
 
 def vectors(spark, uri: str, column: str) -> dict[str, np.ndarray]:
@@ -119,7 +157,12 @@ def test_cluster_run_equals_local_run(spark, s3, bucket, moto_endpoint, sample_d
             [*common, "--run-id", "cluster"],
             moto_endpoint,
             master=standalone_cluster,
-            extra_conf={"spark.executor.memory": "1g", "spark.pyspark.python": sys.executable},
+            extra_conf={
+                "spark.executor.memory": "1g",
+                "spark.pyspark.python": sys.executable,
+                "spark.authenticate": "true",
+                "spark.authenticate.secret": SECRET,
+            },
         ).returncode
         == 0
     )

@@ -9,6 +9,7 @@ from featurize.images import (
     has_image_extension,
     image_path_glob,
 )
+from fuzz_corpus import write_corpus
 from PIL import Image
 
 
@@ -106,3 +107,37 @@ def test_image_extensions_are_case_insensitive(path, expected):
 def test_glob_lists_every_extension_in_both_cases():
     glob = image_path_glob()
     assert glob.startswith("*.{") and "[jJ][pP][eE][gG]" in glob and "[wW][eE][bB][pP]" in glob
+
+
+def test_every_fuzzed_file_decodes_or_raises_a_decode_error(tmp_path):
+    """Hundreds of mutants per format: nothing but ImageDecodeError may escape (any other error fails the task)."""
+    paths = write_corpus(tmp_path)
+    outcomes = {"decoded": 0, "refused": 0}
+    for path in paths:
+        try:
+            array = decode_image(path.read_bytes(), 32)
+        except ImageDecodeError:
+            outcomes["refused"] += 1
+        else:
+            assert (array.shape, array.dtype) == ((32, 32, 3), np.uint8), path
+            outcomes["decoded"] += 1
+    assert sum(outcomes.values()) == len(paths) == 1000
+    assert outcomes["refused"] > 200, outcomes
+
+
+def test_the_reported_bad_bmp_and_webp_are_decode_errors():
+    bmp = bytearray(encode(Image.new("RGB", (8, 8)), "BMP"))
+    bmp[14:18] = (200).to_bytes(4, "little")  # a header size no BMP version has
+    webp = bytearray(encode(Image.new("RGB", (8, 8), (9, 9, 9)), "WEBP"))
+    webp[16:20] = b"\xff\xff\xff\x7f"  # a chunk longer than the file
+    for data in (bytes(bmp), bytes(webp)):
+        with pytest.raises(ImageDecodeError):
+            decode_image(data, 8)
+
+
+def test_decode_memory_is_checked_from_the_header_before_decoding():
+    big_png = encode(Image.new("RGBA", (6000, 6000)), "PNG")
+    with pytest.raises(ImageDecodeError, match="too large to decode: RGBA 6000x6000 needs about"):
+        decode_image(big_png, 32)
+    big_jpeg = encode(Image.new("RGB", (6000, 6000), (200, 10, 10)), "JPEG")
+    assert decode_image(big_jpeg, 32).shape == (32, 32, 3), "JPEG decodes at a reduced scale, within the limit"
