@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from fuzz_corpus import write_corpus
 from localrun import job_args, run_job, spark_submit_command
 from PIL import Image
 
@@ -103,6 +104,22 @@ def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
         "classes": 3,
         "per_class": None,
     }
+
+
+def test_a_fuzz_corpus_completes_with_every_file_accounted_for_once(spark, messy_tree, tmp_path):
+    """1,000 malformed JPEG/PNG/GIF/BMP/WebP files beside the messy tree: the run completes, nothing is lost."""
+    fuzzed = write_corpus(messy_tree)
+    out = tmp_path / "out"
+    args = job_args(messy_tree.as_uri(), out.as_uri(), "fuzz", weights="none", image_size=32, pca_k=2)
+    assert run_job(args, endpoint=None).returncode == 0
+    manifest = json.loads((out / "fuzz" / "manifest.json").read_text())
+    features = [r.path for r in spark.read.parquet(str(out / "fuzz" / "features")).select("path").collect()]
+    errors = spark.read.parquet(str(out / "fuzz" / "errors")).select("path", "stage", "reason").collect()
+    accounted = features + [r.path for r in errors]
+    assert len(accounted) == len(set(accounted)) == manifest["counts"]["inputs"] == 13 + len(fuzzed)
+    assert {f"file:{p}" for p in fuzzed} <= set(accounted)
+    assert {r.stage for r in errors} <= {"read", "decode"}
+    assert all(r.reason for r in errors)
 
 
 def run_failing(args: list[str], endpoint=None, **env) -> subprocess.CompletedProcess:
