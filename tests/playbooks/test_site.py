@@ -127,7 +127,10 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         assert (recap["failed"], recap["unreachable"]) == (0, 0)
 
         # The host key was recorded on first contact and is what the host presents now.
-        assert f"[127.0.0.1]:{port}" in known_hosts.read_text()
+        recorded = subprocess.run(
+            ["ssh-keygen", "-F", f"[127.0.0.1]:{port}", "-f", str(known_hosts)], capture_output=True, text=True
+        )
+        assert recorded.returncode == 0 and "ssh-ed25519" in recorded.stdout, known_hosts.read_text()
         # The job ran as the unprivileged account, which owns its log; ubuntu only reached it through sudo.
         owners = ssh(port, key, known_hosts, f"stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log")
         assert owners.split() == ["fruitcloud", "fruitcloud"]
