@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from featurize.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from featurize.model import Extractor
 
 RESULT_COLUMNS = ["features", "error_stage", "error"]
@@ -20,6 +20,7 @@ class FeaturizeSettings:
     image_size: int = 224
     batch_size: int = 32
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     tf_threads: int = 1
 
 
@@ -49,7 +50,7 @@ def featurize_batch(
     errors: list[str | None] = [None] * len(contents)
     for row, data in enumerate(contents):
         try:
-            decoded.append(decode_image(data, settings.image_size, settings.max_pixels))
+            decoded.append(decode_image(data, settings.image_size, settings.max_pixels, settings.max_decode_bytes))
             decoded_rows.append(row)
         except ImageDecodeError as exc:
             errors[row] = str(exc)
@@ -71,3 +72,18 @@ def featurize_batch(
         },
         columns=RESULT_COLUMNS,
     )
+
+
+def featurize_fetched(
+    fetched: list, extract: Extractor, settings: FeaturizeSettings, timings: BatchTimings | None = None
+) -> pd.DataFrame:
+    """Like featurize_batch for fetch.Fetched items: a read error is an error row of stage "read"."""
+    readable = [index for index, item in enumerate(fetched) if item.error is None]
+    results = featurize_batch(pd.Series([fetched[i].data for i in readable], dtype=object), extract, settings, timings)
+    frame = pd.DataFrame({"features": [None] * len(fetched), "stage": None, "reason": None}, dtype=object)
+    for column, source in (("features", "features"), ("stage", "error_stage"), ("reason", "error")):
+        frame.loc[readable, column] = pd.Series(results[source].tolist(), index=readable, dtype=object)
+    unreadable = [index for index, item in enumerate(fetched) if item.error is not None]
+    frame.loc[unreadable, "stage"] = "read"
+    frame.loc[unreadable, "reason"] = [fetched[i].error for i in unreadable]
+    return frame

@@ -1,244 +1,155 @@
-"""Spark transformations of the job: DataFrames in, DataFrames out, no URIs baked in."""
+"""The job's Spark stages: featurize committed chunks in a pandas UDF, read them back, fit and apply PCA.
+
+Data moves between S3 and the Python workers directly (featurize.fetch reads
+images, featurize.commits writes chunks); Spark schedules the tasks and runs
+pyspark.ml's PCA. No URI is baked in: the job passes them in.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote
+from itertools import islice
 
+import numpy as np
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, VectorSlicer
 from pyspark.ml.functions import array_to_vector
-from pyspark.sql import Column, DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from featurize.batch import BatchTimings, FeaturizeSettings, featurize_batch
-from featurize.images import has_image_extension, image_path_glob
+from featurize.batch import BatchTimings, FeaturizeSettings, featurize_fetched
+from featurize.commits import Commit, write_chunk
+from featurize.fetch import FetchSettings, fetch_ahead
 from featurize.model import worker_extractor
+from featurize.storage import ListedFile, Storage, join
 
-RESULT_TYPE = T.StructType(
+TODO_SCHEMA = T.StructType(
     [
+        T.StructField("path", T.StringType()),
+        T.StructField("label", T.StringType()),
+        T.StructField("size_bytes", T.LongType()),
+        T.StructField("etag", T.StringType()),
+        T.StructField("modified", T.TimestampType()),
+    ]
+)
+COMMITTED_SCHEMA = T.StructType(
+    [
+        T.StructField("commit", T.StringType()),
+        T.StructField("featurized", T.LongType()),
+        T.StructField("errors", T.LongType()),
+    ]
+)
+FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField("path", T.StringType()),
+        T.StructField("label", T.StringType()),
         T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("error_stage", T.StringType()),
-        T.StructField("error", T.StringType()),
     ]
 )
 
 
 @dataclass(frozen=True)
-class ListingStats:
-    files: int
-    image_paths: tuple[str, ...]
-    total_bytes: int = 0
+class ChunkSettings:
+    """Where and how often a featurize task commits."""
 
-    @property
-    def average_bytes(self) -> int:
-        return self.total_bytes // self.files if self.files else 0
-
-    @property
-    def images(self) -> int:
-        return len(self.image_paths)
-
-    @property
-    def ignored(self) -> int:
-        return self.files - self.images
+    run_uri: str
+    fingerprint: str
+    commit_every: int = 512
 
 
-def qualified_root(uri: str) -> str:
-    """The input root as Spark spells file paths (``file:/x`` for ``file:///x``), no trailing slash."""
-    if uri.startswith("file://"):
-        uri = "file:" + uri[len("file://") :]
-    elif "://" not in uri and not uri.startswith("file:"):
-        import os
-
-        uri = "file:" + os.path.abspath(uri)
-    return uri.rstrip("/")
+def label_of(path: str, root: str) -> str | None:
+    """The name of the image's parent folder; None for an image directly under the input root."""
+    parent = path.rsplit("/", 1)[0]
+    return None if parent.rstrip("/") == root.rstrip("/") else parent.rsplit("/", 1)[-1]
 
 
-def path_as_spark_shows_it(file_uri: str) -> str:
-    """``inputFiles()`` gives URIs (``file:///a%20b``); the binaryFile ``path`` column gives ``file:/a b``."""
-    path = unquote(file_uri)
-    return "file:" + path[len("file://") :] if path.startswith("file:///") else path
+def task_count(spark: SparkSession, images: int, files_per_partition: int) -> int:
+    """Tasks of about ``files_per_partition`` images, rounded up to whole waves of task slots.
 
-
-def label_column(path: Column, root: str) -> Column:
-    """The name of the image's parent folder; NULL for an image directly under the root."""
-    parent = F.regexp_replace(path, "/[^/]*$", "")
-    folder = F.regexp_extract(parent, "([^/]+)$", 1)
-    return F.when(parent == F.lit(root), F.lit(None).cast("string")).otherwise(folder)
-
-
-def _binary_files(spark: SparkSession, uri: str, images_only: bool) -> DataFrame:
-    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-    if images_only:
-        reader = reader.option("pathGlobFilter", image_path_glob())
-    return reader.load(uri)
-
-
-def list_inputs(spark: SparkSession, uri: str) -> ListingStats:
-    """Count all files and image files under ``uri`` from Spark's file index.
-
-    The index is built by LIST calls alone; counting the DataFrame instead would
-    stat every file (one HEAD request per object on S3), ten times slower.
+    Fewer, larger tasks keep CNN batches full and pay the per-task start cost
+    less often; whole waves keep every core busy to the end.
     """
-    everything = _binary_files(spark, uri, images_only=False)
-    files = [path_as_spark_shows_it(p) for p in everything.inputFiles()]
-    # One LIST pass; the extension rule is the same as the read's pathGlobFilter.
-    images = tuple(p for p in files if has_image_extension(p.rsplit("/", 1)[-1]))
-    # The file index already holds every size: its total is the plan's size estimate.
-    total_bytes = int(everything._jdf.queryExecution().optimizedPlan().stats().sizeInBytes())
-    return ListingStats(files=len(files), image_paths=images, total_bytes=total_bytes)
-
-
-def plan_partitions(spark: SparkSession, images: int, files_per_partition: int, average_bytes: int = 0) -> int:
-    """Size file splits so that each task gets about ``files_per_partition`` images.
-
-    Spark packs files into a split while their sizes, plus a per-file open cost
-    (spark.sql.files.openCostInBytes, 4 MB), fit the split size; so the split
-    size is set from the number of files wanted, their average size and that
-    cost, with one open cost of slack so that a split never falls one file
-    short (which would add a whole wave of tiny tasks). Fewer, larger tasks keep
-    CNN batches full and pay the per-task start cost less often. The task count
-    is rounded up to whole waves of task slots and the images spread evenly
-    over them, so no core idles through a short last wave. Returns the expected
-    number of partitions.
-    """
-    if images == 0:
-        return 0
     slots = max(spark.sparkContext.defaultParallelism, 1)
-    tasks = math.ceil(math.ceil(images / files_per_partition) / slots) * slots
-    per_partition = max(1, math.ceil(images / tasks))
-    open_cost = int(spark.conf.get("spark.sql.files.openCostInBytes", str(4 * 1024 * 1024)))
-    split_bytes = per_partition * (open_cost + average_bytes) + open_cost
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split_bytes))
-    return math.ceil(images / per_partition)
+    return min(images, math.ceil(math.ceil(images / files_per_partition) / slots) * slots) if images else 0
 
 
-def load_images(spark: SparkSession, uri: str, only: Sequence[str] | None = None) -> DataFrame:
-    """Image files under ``uri`` (recursive), or just the files ``only`` lists, with label, size, mtime and bytes."""
-    root = qualified_root(uri)
-    return _binary_files(spark, list(only) if only is not None else uri, images_only=True).select(
-        "path",
-        label_column(F.col("path"), root).alias("label"),
-        F.col("length").alias("size_bytes"),
-        F.col("modificationTime").alias("modified"),
-        "content",
-    )
+def make_featurize_task(
+    settings: FeaturizeSettings, fetch: FetchSettings, chunks: ChunkSettings, decode_seconds=None, cnn_seconds=None
+):
+    """The pandas function of the featurize stage: images to fetch in, one row per committed chunk out.
 
-
-def make_featurize_udf(settings: FeaturizeSettings, decode_seconds=None, cnn_seconds=None):
-    """The pandas UDF ``binary -> struct<features, error_stage, error>``.
-
-    The model is fetched once per Python worker; the optional accumulators
-    sum the CPU seconds spent decoding and in the CNN across all tasks.
+    Reads run ahead of the CNN (fetch_ahead); every ``commit_every`` images the
+    task commits a chunk, so a crash loses at most that much work per task.
+    The model is built once per Python worker and reused by its later tasks.
     """
 
-    @F.pandas_udf(RESULT_TYPE)
-    def featurize_images(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+    def featurize_task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
-        for contents in batches:
+        storage = Storage(fetch.endpoint_url)
+        listed: dict[str, tuple] = {}
+
+        def files():
+            for batch in batches:
+                for row in batch.itertuples(index=False):
+                    listed[row.path] = row
+                    yield row.path, row.size_bytes, row.etag
+
+        fetched = fetch_ahead(files(), fetch)
+        pending: list[pd.DataFrame] = []
+        while group := list(islice(fetched, settings.batch_size)):
             timings = BatchTimings()
-            yield featurize_batch(contents, extract, settings, timings)
+            results = featurize_fetched(group, extract, settings, timings)
+            identity = pd.DataFrame([listed.pop(item.path)._asdict() for item in group])
+            pending.append(pd.concat([identity, results], axis=1))
             if decode_seconds is not None:
                 decode_seconds.add(timings.decode_seconds)
                 cnn_seconds.add(timings.cnn_seconds)
+            if sum(map(len, pending)) >= chunks.commit_every:
+                yield _commit(storage, chunks, pending)
+                pending = []
+        if pending:
+            yield _commit(storage, chunks, pending)
 
-    return featurize_images
+    return featurize_task
 
 
-def featurize(images: DataFrame, featurize_udf) -> DataFrame:
-    """One row per image: identity columns plus features or the error that prevented them."""
-    return images.select("path", "label", "size_bytes", "modified", featurize_udf("content").alias("result")).select(
-        "path", "label", "size_bytes", "modified", "result.*"
+def _commit(storage: Storage, chunks: ChunkSettings, pending: list[pd.DataFrame]) -> pd.DataFrame:
+    rows = pd.concat(pending, ignore_index=True)
+    commit = write_chunk(storage, chunks.run_uri, chunks.fingerprint, rows)
+    failed = int(rows["reason"].notna().sum())
+    return pd.DataFrame({"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed]})
+
+
+def featurize(spark: SparkSession, todo: Sequence[ListedFile], root: str, tasks: int, featurize_task) -> DataFrame:
+    """Run the featurize stage over ``todo``, split in ``tasks`` contiguous slices of the sorted listing."""
+    rows = [(f.path, label_of(f.path, root), f.size, f.etag, f.modified) for f in todo]
+    slices = spark.sparkContext.parallelize(rows, numSlices=tasks)
+    return spark.createDataFrame(slices, TODO_SCHEMA).mapInPandas(featurize_task, COMMITTED_SCHEMA)
+
+
+def read_features(spark: SparkSession, commits: Sequence[Commit], endpoint_url: str | None) -> DataFrame:
+    """The features of the live commits as ``path, label, features (vector)``: one GET per part, no listing."""
+    parts = [commit.features for commit in commits if commit.features]
+
+    def read_parts(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pyarrow.parquet as pq
+
+        storage = Storage(endpoint_url)
+        for batch in batches:
+            for uri in batch["uri"]:
+                table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["path", "label", "features"])
+                yield table.to_pandas()
+
+    uris = spark.createDataFrame(
+        spark.sparkContext.parallelize([(uri,) for uri in parts], numSlices=max(1, min(len(parts), 64))), "uri string"
     )
-
-
-def features_of(results: DataFrame) -> DataFrame:
-    return results.where(F.col("error").isNull()).select(
-        "path",
-        "label",
-        array_to_vector("features").alias("features"),
-        "size_bytes",
-        "modified",
-    )
-
-
-def errors_of(results: DataFrame) -> DataFrame:
-    return results.where(F.col("error").isNotNull()).select(
-        "path",
-        "label",
-        F.col("error_stage").alias("stage"),
-        F.col("error").alias("reason"),
-        "size_bytes",
-        "modified",
-    )
-
-
-def unread_images(spark: SparkSession, image_paths: Sequence[str], results: DataFrame, root_uri: str) -> DataFrame:
-    """Listed images that the scan never returned, as error rows.
-
-    Spark's file scan silently drops 0-byte files; without this they would
-    vanish from both outputs.
-    """
-    listed = spark.createDataFrame([(path,) for path in image_paths], "path string")
-    return listed.join(results.select("path"), "path", "left_anti").select(
-        "path",
-        label_column(F.col("path"), qualified_root(root_uri)).alias("label"),
-        F.lit("read").alias("stage"),
-        F.lit("empty file (0 bytes), skipped by Spark's file scan").alias("reason"),
-        F.lit(0).cast("long").alias("size_bytes"),
-        F.lit(None).cast("timestamp").alias("modified"),
-    )
-
-
-def read_batches(spark: SparkSession, root: str, batches: Sequence[str]) -> DataFrame:
-    """The committed ``batch=ID`` folders of an output, as one DataFrame with a ``batch`` column."""
-    return spark.read.option("basePath", root).parquet(*(f"{root}/batch={batch}" for batch in batches))
-
-
-@dataclass(frozen=True)
-class Increment:
-    """What an attempt must do, given the inputs now and the rows earlier attempts committed.
-
-    An image is done when a committed row has its path, its size and its
-    modification time (whole seconds; NULL for 0-byte files, which have no
-    scanned time). Rows of images that changed or disappeared are stale: their
-    batches are rewritten without them.
-    """
-
-    todo: tuple[str, ...]
-    reused: int
-    stale_paths: frozenset[str]
-    stale_batches: frozenset[str]
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return not self.todo and not self.stale_batches
-
-
-def plan_increment(
-    image_paths: Sequence[str], versions: dict[str, tuple[int, int]], committed_rows: Sequence
-) -> Increment:
-    """``committed_rows`` have path, size_bytes, modified (datetime or None) and batch."""
-    listed = set(image_paths)
-    done, stale_paths, stale_batches = set(), set(), set()
-    for row in committed_rows:
-        size, mtime = versions.get(row.path, (None, None))
-        unchanged = (
-            row.path in listed
-            and size == row.size_bytes
-            and (row.modified is None or int(row.modified.timestamp()) == mtime)
-        )
-        if unchanged:
-            done.add(row.path)
-        else:
-            stale_paths.add(row.path)
-            stale_batches.add(row.batch)
-    todo = tuple(path for path in image_paths if path not in done)
-    return Increment(todo, len(done), frozenset(stale_paths), frozenset(stale_batches))
+    features = uris.mapInPandas(read_parts, FEATURES_SCHEMA)
+    return features.select("path", "label", array_to_vector("features").alias("features"))
 
 
 def choose_k(explained_variance: Sequence[float], target: float) -> int:
@@ -261,15 +172,19 @@ class PcaResult:
     def cumulative_at_k(self) -> float:
         return float(sum(self.explained_variance[: self.k]))
 
+    @property
+    def components(self) -> np.ndarray:
+        """The first k principal components as a (dimension, k) matrix."""
+        return self.model.stages[0].pc.toArray()[:, : self.k]
+
 
 def fit_pca(features: DataFrame, k: int | None = None, target_variance: float = 0.95) -> PcaResult:
     """Fit PCA once and return a model that outputs ``pca`` with the chosen k.
 
-    Spark's PCA cost is one pass to build the 1280x1280 covariance plus a local
+    Spark's PCA cost is one pass to build the covariance plus a local
     eigendecomposition; k only slices the result. So with a variance target it
     fits all components once, picks k from the spectrum, and appends a
     VectorSlicer that keeps the first k: one pass over the data, not two fits.
-    With an explicit k it fits that k directly.
     """
     dimension = len(features.select("features").first()["features"])
     if k is not None:
@@ -282,5 +197,42 @@ def fit_pca(features: DataFrame, k: int | None = None, target_variance: float = 
     return PcaResult(PipelineModel([pca, slicer]), chosen, spectrum)
 
 
-def project(features: DataFrame, pca: PcaResult) -> DataFrame:
-    return pca.model.transform(features).select("path", "label", "pca")
+def write_projection(
+    spark: SparkSession, features: DataFrame, pca: PcaResult, uri: str, name: str, endpoint_url: str | None
+) -> list[str]:
+    """Project every image on the first k components and write ``uri/part-NAME-N.parquet``, one PUT per part.
+
+    Spark's PCAModel projects without centring (x times the components), and
+    so does this, on k columns only rather than all of them then slicing.
+    """
+    components = spark.sparkContext.broadcast(pca.components.astype(np.float32))
+
+    def project(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        frames = list(batches)
+        if not frames:
+            return
+        rows = pd.concat(frames, ignore_index=True)
+        vectors = np.stack(rows["features"].to_numpy()).astype(np.float32) @ components.value
+        table = pa.table(
+            {"path": rows["path"], "label": rows["label"], "pca": list(vectors)},
+            schema=pa.schema([("path", pa.string()), ("label", pa.string()), ("pca", pa.list_(pa.float32()))]),
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        part = join(uri, f"part-{name}-{TaskContext.get().partitionId():05d}.parquet")
+        Storage(endpoint_url).write_bytes(part, buffer.getvalue())
+        yield pd.DataFrame({"part": [part]})
+
+    from pyspark.ml.functions import vector_to_array
+
+    arrays = features.select("path", "label", vector_to_array("features", "float32").alias("features"))
+    return [row.part for row in arrays.mapInPandas(project, "part string").collect()]
+
+
+def persist_on_disk(frame: DataFrame) -> DataFrame:
+    """Keep a DataFrame read once for the PCA fit, projection and report: on disk, not in a 4 GB heap."""
+    return frame.persist(StorageLevel.DISK_ONLY)

@@ -1,18 +1,25 @@
-"""Small files (manifest, report) beside the Spark outputs, on S3 or a local disk.
+"""Objects addressed by URI (s3a://, s3://, file:// or a path), on S3 through boto3 or on a local disk.
 
-Spark writes the data; this module writes the few driver-side files with
-boto3, which follows the same credential chain as s3a (environment, profile,
-instance profile) and the same endpoint as ``spark.hadoop.fs.s3a.endpoint``.
+The job reads and writes its data itself rather than through Hadoop's S3A
+filesystem: one GET per image, one PUT per committed chunk, no renames. boto3
+follows the same credential chain as s3a (environment or profile locally,
+instance profile through IMDS on EC2) and uses the endpoint of
+``spark.hadoop.fs.s3a.endpoint`` when one is set (moto in tests).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
+# A conditional PUT that lost (412), or raced another conditional PUT on the same key (409).
+CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def is_s3(uri: str) -> bool:
@@ -24,34 +31,63 @@ def join(base: str, *parts: str) -> str:
 
 
 def local_path(uri: str) -> Path:
-    parsed = urlparse(uri)
-    return Path(parsed.path if parsed.scheme == "file" else uri)
+    """``file:///a%20b`` (a URI, percent-encoded), ``file:/a b`` (Spark's spelling, raw) or a plain path."""
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    if uri.startswith("file:"):
+        return Path("/" + uri[len("file:") :].lstrip("/"))
+    return Path(uri).absolute()
 
 
 def split_s3(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    return parsed.netloc, parsed.path.lstrip("/")
+    """Bucket and key, the key taken verbatim: '#', '?', '%' and spaces are part of S3 keys, not URL syntax."""
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+def error_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """One object as a single LIST call describes it: its ETag identifies the content at no extra cost."""
+
+    path: str
+    size: int
+    etag: str
+    modified: datetime
+
+
+_CLIENTS: dict[str | None, object] = {}
+
+
+def s3_client(endpoint_url: str | None):
+    """One boto3 client per process and endpoint (clients are thread-safe; sessions are not)."""
+    if endpoint_url not in _CLIENTS:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"max_attempts": 10, "mode": "adaptive"},
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        _CLIENTS[endpoint_url] = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    return _CLIENTS[endpoint_url]
 
 
 class Storage:
-    """Read and write small objects addressed by URI (s3a://, s3://, file:// or a path)."""
+    """Read, write, list and delete objects by URI."""
 
     def __init__(self, endpoint_url: str | None = None):
         self.endpoint_url = endpoint_url
-        self._client = None
 
     @property
     def s3(self):
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 10, "mode": "adaptive"},
-                s3={"addressing_style": "path" if self.endpoint_url else "auto"},
-            )
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
-        return self._client
+        return s3_client(self.endpoint_url)
 
     def write_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         if is_s3(uri):
@@ -60,9 +96,52 @@ class Storage:
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         partial.write_bytes(data)
         partial.replace(path)
+
+    def create(self, uri: str, data: bytes, replacing: str | None = None) -> str | None:
+        """Write ``uri`` only if it does not exist (or, with ``replacing``, only if its ETag is still that).
+
+        On S3 this is a conditional PUT (If-None-Match / If-Match), which S3
+        guarantees to let exactly one of concurrent writers through. Returns
+        the new ETag, or None when another writer got there first.
+        """
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            condition = {"IfMatch": replacing} if replacing else {"IfNoneMatch": "*"}
+            try:
+                return self.s3.put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+            except Exception as exc:
+                if error_code(exc) in CONDITION_FAILED:
+                    return None
+                raise
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if replacing and self.etag(uri) != replacing:
+            return None
+        if replacing:
+            path.unlink(missing_ok=True)
+        try:
+            with open(path, "xb") as stream:
+                stream.write(data)
+        except FileExistsError:
+            return None
+        return self.etag(uri)
+
+    def etag(self, uri: str) -> str | None:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                return self.s3.head_object(Bucket=bucket, Key=key)["ETag"]
+            except Exception as exc:
+                if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        try:
+            return local_etag(os.stat(local_path(uri)))
+        except FileNotFoundError:
+            return None
 
     def read_bytes(self, uri: str) -> bytes:
         if is_s3(uri):
@@ -70,12 +149,15 @@ class Storage:
             return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         return local_path(uri).read_bytes()
 
-    def exists(self, uri: str) -> bool:
-        if is_s3(uri):
-            bucket, key = split_s3(uri)
-            response = self.s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-            return any(item["Key"] == key for item in response.get("Contents", []))
-        return local_path(uri).exists()
+    def read_if_exists(self, uri: str) -> bytes | None:
+        try:
+            return self.read_bytes(uri)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
 
     def check_bucket(self, uri: str) -> None:
         """Raise a readable error when the bucket of an S3 URI is missing or not ours."""
@@ -92,7 +174,7 @@ class Storage:
                 "locally set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
             ) from exc
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = error_code(exc)
             if code in ("404", "NoSuchBucket"):
                 raise FileNotFoundError(f"bucket does not exist: s3://{bucket}") from exc
             if code in ("403", "AccessDenied"):
@@ -110,8 +192,7 @@ class Storage:
         except OSError as exc:
             raise PermissionError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "unknown error")
-            raise PermissionError(f"output location {uri} is not writable: {code}") from exc
+            raise PermissionError(f"output location {uri} is not writable: {error_code(exc) or exc}") from exc
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):
@@ -120,50 +201,54 @@ class Storage:
         else:
             local_path(uri).unlink(missing_ok=True)
 
-    def _pages(self, uri: str, **options):
-        """The LIST pages of every key under the S3 folder ``uri``, with its bucket and key prefix."""
-        bucket, prefix = split_s3(join(uri, ""))
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **options):
-            yield bucket, prefix, page
-
-    def list_dirs(self, uri: str) -> list[str]:
-        """Names of the folders directly under ``uri``."""
-        if is_s3(uri):
-            return [
-                common["Prefix"][len(prefix) :].rstrip("/")
-                for _, prefix, page in self._pages(uri, Delimiter="/")
-                for common in page.get("CommonPrefixes", [])
-            ]
-        path = local_path(uri)
-        return sorted(child.name for child in path.iterdir() if child.is_dir()) if path.is_dir() else []
+    def delete_many(self, uris: list[str]) -> None:
+        """Delete objects, up to 1,000 per request on S3."""
+        s3_uris = [uri for uri in uris if is_s3(uri)]
+        for uri in uris:
+            if not is_s3(uri):
+                self.delete(uri)
+        for start in range(0, len(s3_uris), 1000):
+            chunk = [split_s3(uri) for uri in s3_uris[start : start + 1000]]
+            objects = [{"Key": key} for _, key in chunk]
+            self.s3.delete_objects(Bucket=chunk[0][0], Delete={"Objects": objects, "Quiet": True})
 
     def delete_tree(self, uri: str) -> None:
         if is_s3(uri):
-            for bucket, _, page in self._pages(uri):
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if keys:
-                    self.s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-            return
-        shutil.rmtree(local_path(uri), ignore_errors=True)
+            self.delete_many([file.path for file in self.list_files(uri)])
+        else:
+            shutil.rmtree(local_path(uri), ignore_errors=True)
 
-    def file_versions(self, uri: str) -> dict[str, tuple[int, int]]:
-        """Every file under ``uri`` as {Spark path: (size in bytes, modification time in whole seconds)}.
+    def list_files(self, uri: str) -> list[ListedFile]:
+        """Every file under the folder ``uri``, recursively, sorted by path: one LIST request per 1,000 on S3.
 
-        Paths are spelled as the binaryFile ``path`` column spells them. One LIST
-        pass on S3 (1,000 keys per request); the same values the binaryFile scan
-        records, so a file that did not change compares equal.
+        Paths keep the URI's scheme (``s3a://bucket/key``) or are spelled
+        ``file:/abs/path`` for local files, as Spark spells them.
         """
         if is_s3(uri):
-            scheme = urlparse(uri).scheme
-            return {
-                f"{scheme}://{bucket}/{item['Key']}": (item["Size"], int(item["LastModified"].timestamp()))
-                for bucket, _, page in self._pages(uri)
-                for item in page.get("Contents", [])
-            }
-        versions = {}
-        for directory, _, names in os.walk(local_path(uri)):
+            return sorted(self._list_s3(uri), key=lambda file: file.path)
+        return sorted(self._list_local(uri), key=lambda file: file.path)
+
+    def _list_s3(self, uri: str) -> Iterator[ListedFile]:
+        scheme = urlparse(uri).scheme
+        bucket, prefix = split_s3(join(uri, ""))
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/"):
+                    continue  # a folder marker made by a console or s3a, not a file
+                yield ListedFile(f"{scheme}://{bucket}/{item['Key']}", item["Size"], item["ETag"], item["LastModified"])
+
+    def _list_local(self, uri: str) -> Iterator[ListedFile]:
+        root = local_path(uri)
+        if not root.exists():
+            return
+        for directory, _, names in os.walk(root):
             for name in names:
                 path = os.path.abspath(os.path.join(directory, name))
                 stat = os.stat(path)
-                versions["file:" + path] = (stat.st_size, int(stat.st_mtime))
-        return versions
+                modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+                yield ListedFile("file:" + path, stat.st_size, local_etag(stat), modified)
+
+
+def local_etag(stat: os.stat_result) -> str:
+    """What stands in for an ETag on a local disk: size and modification time in nanoseconds."""
+    return f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'

@@ -1,5 +1,5 @@
 import pytest
-from featurize.job import parse_args
+from featurize.cli import parse_args
 from featurize.model import WeightsNotFoundError, check_weights, imagenet_weights_path
 
 
@@ -31,6 +31,10 @@ def test_explicit_k_replaces_the_variance_target():
         ["--batch-size", "0"],
         ["--pca-k", "5", "--pca-variance", "0.9"],
         ["--run-id", "a/b"],
+        ["--image-size", "1024"],
+        ["--max-image-pixels", "500000000"],
+        ["--max-decode-mb", "4096"],
+        ["--fetch-concurrency", "1000"],
     ],
 )
 def test_bad_values_exit_with_usage_error(extra, capsys):
@@ -56,3 +60,10 @@ def test_missing_imagenet_weights_say_how_to_provision(tmp_path, monkeypatch):
 def test_missing_weights_file_is_an_error(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="weights file not found"):
         check_weights(str(tmp_path / "nope.h5"), 224)
+
+
+def test_a_batch_that_cannot_fit_a_4gb_host_is_refused_with_the_largest_that_fits(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--input", "x", "--output", "y", "--batch-size", "256"])
+    assert "a 4 GB host holds at most 128 at this size" in capsys.readouterr().err
+    assert parse_args(["--input", "x", "--output", "y", "--batch-size", "256", "--image-size", "128"]).batch_size == 256

@@ -1,0 +1,182 @@
+"""Command line of the job: arguments bounded to what a 4 GB host can hold, logging, exit codes.
+
+    spark-submit --py-files featurize.zip jobs/featurize_images.py \\
+        --input s3a://BUCKET/images/ --output s3a://BUCKET/runs/ --weights imagenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+
+from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from featurize.model import FEATURE_DIM, WeightsNotFoundError, check_weights
+
+log = logging.getLogger("featurize")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+# Measured on 2 cores (bench/): 1,024 images per task featurize 0.93 of the
+# bare-TF limit, 256 per task 0.80-0.85; each task start has a fixed cost.
+DEFAULT_FILES_PER_PARTITION = 1024
+# MobileNetV2's activations take about 3.5 MB per 224 px image in a batch; 128
+# of them (~0.5 GB per task slot) is what two slots of a 4 GB host can hold.
+MAX_BATCH_PIXELS = 128 * 224 * 224
+# These loggers write request headers (the access key id, the session token) at DEBUG.
+CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+class JobError(RuntimeError):
+    """A failure the user can act on; its message is printed as one line."""
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
+        return value
+
+    return parse
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featurize_images.py",
+        description=(
+            "Featurize images with MobileNetV2 (no top) in a pandas UDF, reduce them with "
+            "pyspark.ml PCA, and write Parquet outputs under OUTPUT/RUN_ID/."
+        ),
+        epilog=(
+            "Images: files ending in " + ", ".join(IMAGE_EXTENSIONS) + " (any case), found "
+            "recursively; the label is the parent folder's name. S3 endpoint and credentials "
+            "come from spark.hadoop.fs.s3a.endpoint and the AWS credential chain (instance "
+            "profile on EC2), never from arguments."
+        ),
+    )
+    parser.add_argument("--input", required=True, help="image root: s3a://BUCKET/PREFIX/, file:///DIR/ or a path")
+    parser.add_argument("--output", required=True, help="output root; the run writes OUTPUT/RUN_ID/")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="imagenet (Keras cache file, provisioned on hosts), none (random init, offline tests) "
+        "or PATH to a weights file (default: %(default)s)",
+    )
+    parser.add_argument("--image-size", type=_bounded_int(32, 512), default=224, help="CNN input size (default: 224)")
+    parser.add_argument(
+        "--batch-size", type=_bounded_int(1, 512), default=32, help="images per CNN call (default: %(default)s)"
+    )
+    pca = parser.add_mutually_exclusive_group()
+    pca.add_argument(
+        "--pca-variance",
+        type=_fraction,
+        default=0.95,
+        help="keep the fewest components reaching this explained variance (default: %(default)s)",
+    )
+    pca.add_argument("--pca-k", type=_bounded_int(1, FEATURE_DIM), help="keep exactly this many components")
+    parser.add_argument("--run-id", default=None, help="name of the run folder (default: UTC timestamp)")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_bounded_int(1, 100_000_000),
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels, checked from the header (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-decode-mb",
+        type=_bounded_int(16, 1024),
+        default=DEFAULT_MAX_DECODE_BYTES // 2**20,
+        help="refuse images whose decoding is estimated to need more memory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--files-per-partition",
+        type=_bounded_int(1, 100_000),
+        default=DEFAULT_FILES_PER_PARTITION,
+        help="images per Spark task (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--commit-every",
+        type=_bounded_int(16, 100_000),
+        default=512,
+        help="images per committed chunk: a crash loses at most this many per running task (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fetch-concurrency",
+        type=_bounded_int(1, 128),
+        default=32,
+        help="image reads in flight per task, ahead of the CNN (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tf-threads", type=_bounded_int(1, 256), default=None, help="TensorFlow threads per task (spark.task.cpus)"
+    )
+    parser.add_argument(
+        "--lock-ttl-hours",
+        type=_bounded_int(1, 168),
+        default=12,
+        help="a run's lock expires after this long, should the run die (default: %(default)s)",
+    )
+    parser.add_argument("--break-lock", action="store_true", help="take the run's lock even if another run holds it")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.pca_k is not None:
+        args.pca_variance = None
+    args.run_id = args.run_id or default_run_id()
+    if "/" in args.run_id or not args.run_id.strip():
+        parser.error(f"--run-id must be a non-empty name without '/': {args.run_id!r}")
+    if args.batch_size * args.image_size**2 > MAX_BATCH_PIXELS:
+        largest = MAX_BATCH_PIXELS // args.image_size**2
+        parser.error(
+            f"--batch-size {args.batch_size} at --image-size {args.image_size} needs about "
+            f"{args.batch_size * args.image_size**2 * 3.5e6 / 224**2 / 2**30:.1f} GiB of CNN activations per task; "
+            f"a 4 GB host holds at most {largest} at this size"
+        )
+    return args
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from featurize.commits import LockHeldError
+    from featurize.job import run
+
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        check_weights(args.weights, args.image_size)
+    except WeightsNotFoundError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.appName(f"featurize-{args.run_id}").getOrCreate()
+    try:
+        run(spark, args)
+    except (JobError, LockHeldError, FileNotFoundError, PermissionError) as exc:
+        log.error("run %s failed: %s", args.run_id, exc)
+        return EXIT_FAILED
+    finally:
+        spark.stop()
+    return 0

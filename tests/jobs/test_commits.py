@@ -1,0 +1,144 @@
+"""The commit protocol without Spark: planning reruns, compaction, and one writer per run id."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from featurize.commits import (
+    LockHeldError,
+    RunLock,
+    compact,
+    plan_run,
+    read_commits,
+    remove_leftovers,
+    write_chunk,
+)
+from featurize.storage import ListedFile, Storage
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def listed(path: str, etag: str) -> ListedFile:
+    return ListedFile(path, 10, etag, NOW)
+
+
+def chunk_rows(*rows: tuple[str, str, bool]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "path": [path for path, _, _ in rows],
+            "label": "A",
+            "features": [None if bad else [0.5, 1.5] for _, _, bad in rows],
+            "stage": ["decode" if bad else None for _, _, bad in rows],
+            "reason": ["broken" if bad else None for _, _, bad in rows],
+            "size_bytes": 10,
+            "etag": [etag for _, etag, _ in rows],
+            "modified": NOW,
+        }
+    )
+
+
+@pytest.fixture
+def run_uri(tmp_path):
+    return f"file:{tmp_path}/run"
+
+
+def parts_of(storage, run_uri):
+    return {f.path for kind in ("features", "errors") for f in storage.list_files(f"{run_uri}/{kind}")}
+
+
+def test_a_rerun_reuses_unchanged_rows_and_plans_the_rest(run_uri):
+    storage = Storage()
+    first = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False)))
+    second = write_chunk(storage, run_uri, "fp", chunk_rows(("d", "1", False)))
+    other_settings = write_chunk(storage, run_uri, "old", chunk_rows(("e", "1", False)))
+    now = [listed("a", "1"), listed("b", "1"), listed("c", "2"), listed("e", "1"), listed("f", "1")]
+
+    plan = plan_run(now, read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+
+    assert [f.path for f in plan.todo] == ["c", "e", "f"], "changed, other settings, new"
+    assert plan.reused == 2
+    assert plan.compact == [(first, frozenset({"a", "b"}))]
+    assert sorted(c.uri for c in plan.drop) == sorted([second.uri, other_settings.uri]), "d removed, e re-featurized"
+    assert not plan.up_to_date
+
+
+def test_compaction_keeps_live_rows_and_removes_the_old_chunk(run_uri):
+    storage = Storage()
+    old = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False)))
+    new = compact(storage, run_uri, old, frozenset({"a", "b"}))
+    assert sorted(new.rows) == [("a", "1", "features"), ("b", "1", "errors")]
+    assert read_commits(storage, run_uri) == [new]
+    assert parts_of(storage, run_uri) == set(new.parts)
+
+
+def test_a_commit_whose_part_is_gone_is_reported_and_its_images_redone(run_uri):
+    storage = Storage()
+    commit = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False)))
+    storage.delete(commit.features)
+    plan = plan_run([listed("a", "1")], read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+    assert (plan.missing, [f.path for f in plan.todo]) == ([commit], ["a"])
+
+
+def test_an_image_in_two_commits_counts_once(run_uri):
+    storage = Storage()
+    write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", False)))
+    write_chunk(storage, run_uri, "fp", chunk_rows(("b", "1", False), ("c", "1", False)))
+    plan = plan_run([listed(p, "1") for p in "abc"], read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+    assert (plan.reused, plan.todo) == (3, [])
+    assert [kept for _, kept in plan.compact] == [frozenset({"c"})]
+
+
+def test_leftover_parts_of_a_crash_are_removed(run_uri, tmp_path):
+    storage = Storage()
+    live = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False)))
+    crashed = tmp_path / "run" / "features" / "part-fp-crashed.parquet"
+    crashed.write_bytes(b"half")
+    assert remove_leftovers(storage, run_uri, [live], []) == 1
+    assert parts_of(storage, run_uri) == set(live.parts)
+
+
+def test_chunk_accounting_is_checked_before_the_commit_is_written(run_uri):
+    storage = Storage()
+    with pytest.raises(RuntimeError, match="chunk accounting failed"):
+        write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("a", "1", False)))
+    assert read_commits(storage, run_uri) == []
+
+
+@pytest.fixture(params=["local", "s3"])
+def lock_place(request, tmp_path, s3, bucket, moto_endpoint):
+    if request.param == "local":
+        return Storage(), f"file:{tmp_path}/run"
+    return Storage(moto_endpoint), f"s3a://{bucket}/runs/r1"
+
+
+def test_one_writer_per_run_id(lock_place):
+    storage, run_uri = lock_place
+    first = RunLock(storage, run_uri, timedelta(hours=1))
+    first.acquire()
+    with pytest.raises(LockHeldError, match=r"being written by .*@.* pid \d+ since .* --break-lock"):
+        RunLock(storage, run_uri, timedelta(hours=1)).acquire()
+    first.release()
+    second = RunLock(storage, run_uri, timedelta(hours=1))
+    second.acquire()
+    second.release()
+
+
+def test_a_dead_runs_lock_expires_or_is_broken(lock_place):
+    storage, run_uri = lock_place
+    dead = RunLock(storage, run_uri, timedelta(hours=1))
+    dead.acquire()
+    breaker = RunLock(storage, run_uri, timedelta(hours=1), break_lock=True)
+    breaker.acquire()
+    dead.release()
+    assert json.loads(storage.read_bytes(f"{run_uri}/_lock"))["holder"], "the dead run cannot release a lock it lost"
+    breaker.release()
+
+    expired = RunLock(storage, run_uri, timedelta(seconds=-1))
+    expired.acquire()
+    taker = RunLock(storage, run_uri, timedelta(hours=1))
+    taker.acquire()
+    assert storage.etag(f"{run_uri}/_lock") == taker.etag
+    taker.release()

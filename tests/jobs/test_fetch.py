@@ -1,0 +1,70 @@
+"""Reads ahead of the CNN: in order, bounded, one GET per image, and a file's own problems as reasons."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from featurize import fetch
+from featurize.fetch import FetchSettings, fetch_ahead
+from featurize.storage import Storage
+
+
+def test_reads_run_ahead_in_order_within_the_bounds(monkeypatch):
+    active, peak, lock = 0, 0, threading.Lock()
+
+    def slow_read(path, size, etag, settings):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)
+        with lock:
+            active -= 1
+        return path.encode()
+
+    monkeypatch.setattr(fetch, "read_one", slow_read)
+    files = [(f"p{i}", 100, "e") for i in range(200)]
+    started = time.perf_counter()
+    results = list(fetch_ahead(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=10_000)))
+    elapsed = time.perf_counter() - started
+    assert [r.data for r in results] == [f"p{i}".encode() for i in range(200)]
+    assert 8 <= peak <= 16
+    assert elapsed < 200 * 0.02 / 4, "reads overlap"
+
+    peak = 0
+    list(fetch_ahead(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=300)))
+    assert peak <= 3, "bytes in flight are capped"
+
+
+def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto_endpoint):
+    storage = Storage(moto_endpoint)
+    for name, body in {"a.jpg": b"aaa", "odd #1 %2F+ [x]?.jpg": b"bbb", "gone.jpg": b"c", "swapped.jpg": b"d"}.items():
+        s3.put_object(Bucket=bucket, Key=f"images/{name}", Body=body)
+    s3.put_object(Bucket=bucket, Key="images/empty.jpg", Body=b"")
+    listing = storage.list_files(f"s3a://{bucket}/images/")
+    s3.delete_object(Bucket=bucket, Key="images/gone.jpg")
+    s3.put_object(Bucket=bucket, Key="images/swapped.jpg", Body=b"a new version")
+    settings = FetchSettings(endpoint_url=moto_endpoint, max_file_bytes=2)
+    results = {
+        r.path.rsplit("/", 1)[-1]: (r.data, r.error)
+        for r in fetch_ahead([(f.path, f.size, f.etag) for f in listing], FetchSettings(moto_endpoint))
+    }
+    assert results == {
+        "a.jpg": (b"aaa", None),
+        "odd #1 %2F+ [x]?.jpg": (b"bbb", None),
+        "empty.jpg": (None, "empty file (0 bytes)"),
+        "gone.jpg": (None, "deleted after it was listed"),
+        "swapped.jpg": (None, f"replaced after it was listed (ETag is no longer {listing[-1].etag})"),
+    }
+    [big] = fetch_ahead([(listing[0].path, 3, listing[0].etag)], settings)
+    assert big.error == "file too large: 3 bytes, limit is 2"
+
+
+@pytest.mark.parametrize("name", ["new[1].jpg", "a b.jpg", "-dash.jpg", "100%.jpg", "été.jpg", "e\u0301te\u0301.jpg"])
+def test_local_files_with_odd_names_are_read_as_listed(tmp_path, name):
+    (tmp_path / name).write_bytes(b"xyz")
+    [listed] = Storage().list_files(str(tmp_path))
+    [result] = fetch_ahead([(listed.path, listed.size, listed.etag)], FetchSettings())
+    assert (result.data, result.error) == (b"xyz", None)
