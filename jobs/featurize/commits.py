@@ -210,15 +210,28 @@ def remove_leftovers(storage: Storage, run_uri: str, live: Sequence[Commit], obs
     return len(orphans)
 
 
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunLock:
     """One writer per run id: a lock object created with a conditional write.
 
     S3 guarantees that of concurrent PUTs with If-None-Match: * on one key,
     exactly one succeeds (the others get 412 or 409), and reads after a write
     are strongly consistent, so two runs can never both believe they hold the
-    lock. A lock left by a crashed run expires after ``ttl``; ``--break-lock``
-    takes it at once (with If-Match on the lock's ETag, so two breakers
-    cannot both win).
+    lock. A lock left by a crashed run is taken over at once from the same
+    host (its process is gone), expires after ``ttl`` elsewhere, and
+    ``--break-lock`` takes it at once; a takeover is itself a conditional
+    write on the lock's ETag, so two takers cannot both win.
     """
 
     def __init__(self, storage: Storage, run_uri: str, ttl: timedelta, break_lock: bool = False):
@@ -229,7 +242,13 @@ class RunLock:
         now = datetime.now(timezone.utc)
         holder = f"{pwd.getpwuid(os.geteuid()).pw_name}@{platform.node()} pid {os.getpid()}"
         return json.dumps(
-            {"holder": holder, "acquired_at": now.isoformat(), "expires_at": (now + self.ttl).isoformat()}
+            {
+                "holder": holder,
+                "host": platform.node(),
+                "pid": os.getpid(),
+                "acquired_at": now.isoformat(),
+                "expires_at": (now + self.ttl).isoformat(),
+            }
         ).encode()
 
     def acquire(self) -> None:
@@ -241,6 +260,8 @@ class RunLock:
         expired = datetime.fromisoformat(held.get("expires_at", "1970-01-01T00:00:00+00:00")) < datetime.now(
             timezone.utc
         )
+        # A holder on this host whose process is gone crashed: its lock needs no waiting.
+        expired = expired or (held.get("host") == platform.node() and not _process_alive(held.get("pid")))
         if not (expired or self.break_lock):
             raise LockHeldError(
                 f"the run is being written by {held.get('holder', 'another run')} since {held.get('acquired_at')} "

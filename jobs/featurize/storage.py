@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -60,23 +61,34 @@ class ListedFile:
 
 
 _CLIENTS: dict[str | None, object] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 def s3_client(endpoint_url: str | None):
-    """One boto3 client per process and endpoint (clients are thread-safe; sessions are not)."""
-    if endpoint_url not in _CLIENTS:
-        import boto3
-        from botocore.config import Config
+    """One boto3 client per process and endpoint, shared by the read-ahead threads (clients are thread-safe).
 
-        config = Config(
-            retries={"max_attempts": 10, "mode": "adaptive"},
-            max_pool_connections=64,
-            connect_timeout=10,
-            read_timeout=60,
-            s3={"addressing_style": "path" if endpoint_url else "auto"},
-        )
-        _CLIENTS[endpoint_url] = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
-    return _CLIENTS[endpoint_url]
+    Credentials are resolved once, here, before any thread uses the client:
+    on EC2 they come from the instance metadata service, which throttles
+    bursts, and botocore's default there is one attempt with a 1 s timeout.
+    """
+    with _CLIENTS_LOCK:
+        if endpoint_url not in _CLIENTS:
+            import botocore.session
+            from botocore.config import Config
+
+            session = botocore.session.get_session()
+            session.set_config_variable("metadata_service_timeout", 5)
+            session.set_config_variable("metadata_service_num_attempts", 5)
+            session.get_credentials()
+            config = Config(
+                retries={"max_attempts": 10, "mode": "adaptive"},
+                max_pool_connections=64,
+                connect_timeout=10,
+                read_timeout=60,
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+            )
+            _CLIENTS[endpoint_url] = session.create_client("s3", endpoint_url=endpoint_url, config=config)
+        return _CLIENTS[endpoint_url]
 
 
 class Storage:

@@ -142,3 +142,20 @@ def test_a_dead_runs_lock_expires_or_is_broken(lock_place):
     taker.acquire()
     assert storage.etag(f"{run_uri}/_lock") == taker.etag
     taker.release()
+
+
+def test_a_lock_whose_process_died_on_this_host_is_taken_over(tmp_path):
+    import platform
+    import subprocess
+
+    storage, run_uri = Storage(), f"file:{tmp_path}/run"
+    process = subprocess.Popen(["true"])
+    process.wait()
+    dead_pid = process.pid
+    body = {"holder": "x", "host": platform.node(), "pid": dead_pid, "expires_at": "2999-01-01T00:00:00+00:00"}
+    storage.create(f"{run_uri}/_lock", json.dumps(body).encode())
+    RunLock(storage, run_uri, timedelta(hours=1)).acquire()
+    body["host"] = "another-host"
+    (tmp_path / "run" / "_lock").write_text(json.dumps(body))
+    with pytest.raises(LockHeldError):
+        RunLock(storage, run_uri, timedelta(hours=1)).acquire()

@@ -6,11 +6,13 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -20,15 +22,24 @@ from localrun import job_args, run_job, spark_submit_command
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 
-@pytest.mark.parametrize(
-    ("kill_at", "rerun_reuses_the_features"),
-    [("stage featurize_and_write_features: started", False), ("stage pca_fit: started", True)],
-)
-def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at, rerun_reuses_the_features):
-    source = sample_dir / "Pear"
+def committed_rows(run: Path) -> int:
+    rows = 0
+    for record in (run / "_commits").glob("*.json"):
+        with contextlib.suppress(ValueError, OSError):
+            rows += len(json.loads(record.read_text())["rows"])
+    return rows
+
+
+@pytest.mark.parametrize("kill_at", ["80% featurized", "during PCA"])
+def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
+    """A crash keeps every committed chunk: killed at 80 % of featurization, the rerun does at most 30 %."""
+    images = tmp_path / "images"
+    for name in ("Pear", "Kiwi", "Lemon"):
+        shutil.copytree(sample_dir / name, images / name)
+    total = sum(1 for _ in images.rglob("*.jpg"))
     out = tmp_path / "out"
     args = job_args(
-        source.parent.as_uri(), out.as_uri(), "killed", weights="none", image_size=64, files_per_partition=64
+        images.as_uri(), out.as_uri(), "killed", weights="none", image_size=64, files_per_partition=128, commit_every=32
     )
     log = tmp_path / "first.log"
     with open(log, "w") as stream:
@@ -40,28 +51,30 @@ def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at, reru
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
-        while kill_at not in log.read_text():
+        while not (
+            committed_rows(out / "killed") >= 0.8 * total
+            if kill_at == "80% featurized"
+            else "stage verify" in log.read_text()
+        ):
             assert first.poll() is None, "the run ended before the kill point"
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        time.sleep(1.5)
+            time.sleep(0.05)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert not (out / "killed" / "manifest.json").exists(), "a killed run is never marked complete"
+    done_before_rerun = committed_rows(out / "killed")
 
     assert run_job(args, endpoint=None).returncode == 0
     manifest = json.loads((out / "killed" / "manifest.json").read_text())
     features = spark.read.parquet(str(out / "killed" / "features"))
     paths = [row.path for row in features.select("path").collect()]
-    expected = sorted(f"file:{p}" for p in sample_dir.rglob("*.jpg"))
+    expected = sorted(f"file:{p}" for p in images.rglob("*.jpg"))
     assert sorted(paths) == expected, "each image exactly once"
-    assert manifest["counts"]["featurized"] == len(expected)
+    assert manifest["counts"]["featurized"] == len(expected) == total
     assert spark.read.parquet(str(out / "killed" / "pca")).count() == len(expected)
-    redone = 0 if rerun_reuses_the_features else len(expected)
-    assert (manifest["incremental"]["featurized_now"], manifest["incremental"]["reused_images"]) == (
-        redone,
-        len(expected) - redone,
-    ), "the rerun redid committed work, or reused uncommitted work"
+    redone = manifest["incremental"]["featurized_now"]
+    assert redone == total - done_before_rerun, "the rerun redid committed work, or reused uncommitted work"
+    assert redone <= (0.3 * total if kill_at == "80% featurized" else 0)
 
 
 def s3_job_args(bucket: str, run_id: str, image_size: int = 64) -> list[str]:
@@ -97,7 +110,7 @@ def test_s3_throttling_and_dropped_connections_lose_nothing(spark, s3, bucket, m
         result = run_job(s3_job_args(bucket, "throttled"), endpoint=endpoint)
     assert result.returncode == 0
     faults = Counter({(outcome, method): n for (outcome, method), n in proxy.counts.items() if outcome != "forward"})
-    assert {method for _, method in faults} >= {"GET", "PUT", "HEAD"}, f"faults hit too few request kinds: {faults}"
+    assert {method for _, method in faults} >= {"GET", "PUT"}, f"faults hit too few request kinds: {faults}"
     assert sum(n for (outcome, _), n in faults.items() if outcome == "slowdown") >= 10, faults
     assert sum(n for (outcome, _), n in faults.items() if outcome == "drop") >= 10, faults
 
