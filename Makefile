@@ -17,7 +17,7 @@ HADOOP_AWS_SHA256 := 6be50ad8a8b445d2802381b085b2a3ede5c29d353450a6a21f16b2fefa9
 AWS_SDK_BUNDLE_SHA256 := b87175b32a16544cc1b37cf40390eb375833e62bed67f8ce6cde4b7ad6429ead
 JARS := $(CACHE)/jars/hadoop-aws-3.3.1.jar $(CACHE)/jars/aws-java-sdk-bundle-1.11.901.jar
 
-.PHONY: help venv jars demo test test-python lint bench clean
+.PHONY: help venv jars demo test test-fast test-python lint bench clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,7 @@ $(JARS) &: $(CACHE)/$(SAGEMAKER_SDIST)
 jars: $(JARS) ## Extract the pinned s3a jars (checksummed)
 
 demo: venv jars ## Run the job on the Fruits-360 sample against a local S3 (moto)
-	$(BIN)/python scripts/demo.py
+	PYTHONPATH=jobs $(BIN)/python -m harness.demo
 
 lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .
@@ -58,10 +58,13 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 test-python: venv jars
 	$(BIN)/pytest
 
-test: lint test-python ## Linters and the whole test suite
+test: lint test-python ## Linters and the whole test suite (what CI runs)
+
+test-fast: lint venv jars ## Linters plus the job's unit and end-to-end tests (a few minutes; no Ansible, no Molecule)
+	$(BIN)/pytest -m "not molecule and not slow" tests/jobs tests/test_emr.py
 
 clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache
 
 bench: venv jars ## Benchmark: limit vs ours vs the notebook pipeline, scaling, memory (writes bench/results/)
-	$(BIN)/python bench/run_bench.py
+	PYTHONPATH=jobs $(BIN)/python -m bench.run_bench

@@ -1,16 +1,24 @@
-"""`make bench`: where the time goes, against a bare-TensorFlow limit and the usual notebook pipeline.
+"""`make bench`: where the time goes, over S3 with and without real S3 latency, against the strongest peer.
 
-One run, same images (the Fruits-360 sample), same cores, same image size:
-limit (bare TF), our featurization stage, our end to end over S3 (moto on
-127.0.0.1), the peer notebook pipeline end to end, scaling at 1x/4x/16x, and
-peak RSS of the whole process tree with the 4 GB host settings. Prints a table
-with targets and writes bench/results/bench.json and bench.md.
+One run, same images (the Fruits-360 sample), same 2 cores, the 4 GB host settings:
+
+- the bare-TensorFlow limit (MobileNetV2 on decoded images in memory) at 224 and 160 px;
+- the job at 224 and 160 px: from local disk, and over S3 (moto on 127.0.0.1) through a
+  proxy that adds 0 or 20 ms to every request (real S3's time to first byte) and counts
+  requests per image, listing and writes included;
+- the course template (features written once and read back, StandardScaler, PCA twice)
+  over the same endpoint and latency at 224 px, and the naive notebook (CNN rerun per
+  action) as a second, labelled row;
+- scaling at 4x and 16x the sample over S3 with 20 ms, with peak PSS of the JVM and the
+  Python workers, and what 1M images cost from the measured per-image figures.
+
+Prints every target with its ratio and PASS/FAIL and writes bench/results/bench.json and
+bench.md. Run with `make bench` (PYTHONPATH=jobs python -m bench.run_bench).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import platform
@@ -19,34 +27,37 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
 import numpy as np
 import psutil
+from featurize.images import decode_image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "jobs"), str(REPO / "scripts")]
+from harness.launcher import REPO, job_args, job_environment, read_manifest, sample_images, spark_submit_command
+from harness.moto import TEST_CREDENTIALS, moto_server
+from harness.s3proxy import faulty_s3
 
-from featurize.images import decode_image  # noqa: E402
-from featurize.job import DEFAULT_FILES_PER_PARTITION  # noqa: E402
-from localrun import build_job_zip, sample_images, spark_submit_command, upload_tree  # noqa: E402
-from motoserver import TEST_CREDENTIALS, moto_server  # noqa: E402
-
-IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "160"))
-SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "1,4,16").split(",")]
+SIZES = (224, 160)
+SCALES = [int(s) for s in os.environ.get("BENCH_SCALES", "4,16").split(",")]
+LATENCY = 0.020
 CORES = 2
-BATCH_SIZE = 32
-# Timed passes of the limit (per batch size) and of the featurization stage; the best is kept.
+# Timed passes of the limit per batch size; the best is kept.
 PASSES = 3
 # The 4 GB t2.medium settings that roles/spark/defaults/main.yml templates:
 # 25 % of RAM to the JVM, the rest to the TensorFlow Python workers and the OS.
-HOST_4GB_CONF = {"spark.driver.memory": f"{int(4096 * 0.25)}m"}
+HOST_4GB_DRIVER_MEMORY = f"{int(4096 * 0.25)}m"
 BUCKET = "fruitcloud-bench"
 RESULTS = REPO / "bench" / "results"
+# On-demand eu-west-1, as roles/aws_infra/vars/main.yml; t2 Unlimited surplus CPU is billed per vCPU-hour.
+T2_MEDIUM_USD_HOUR = 0.0504
+T2_SURPLUS_USD_VCPU_HOUR = 0.05
+S3_GET_USD_PER_1000 = 0.0004
+S3_PUT_USD_PER_1000 = 0.005
 
 
-def bare_tf_limit(images: list[bytes]) -> dict:
+def bare_tf_limit(images: list[bytes], size: int) -> dict:
     """MobileNetV2 without top on decoded images in memory, compiled call, best batch size.
 
     Each batch size is timed PASSES times and its best pass kept; the featurization
@@ -57,13 +68,13 @@ def bare_tf_limit(images: list[bytes]) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(CORES)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     model = tf.keras.applications.MobileNetV2(
-        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), include_top=False, pooling="avg", weights=None
+        input_shape=(size, size, 3), include_top=False, pooling="avg", weights=None
     )
     started = time.perf_counter()
-    decoded = np.stack([decode_image(data, IMAGE_SIZE) for data in images])
+    decoded = np.stack([decode_image(data, size) for data in images])
     decode_rate = len(images) / (time.perf_counter() - started)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)])
     def extract(batch):
         return model(tf.keras.applications.mobilenet_v2.preprocess_input(tf.cast(batch, tf.float32)), training=False)
 
@@ -90,46 +101,6 @@ def bare_tf_limit(images: list[bytes]) -> dict:
         "by_batch": rates,
         "predict_by_batch": predict_rates,
         "decode_images_per_s_one_core": decode_rate,
-    }
-
-
-def featurization_stage(uri: str, n_images: int) -> dict:
-    """The job's UDF alone, on image bytes already cached in Spark (no storage in the timing)."""
-    from featurize import pipeline
-    from featurize.batch import FeaturizeSettings
-    from pyspark.sql import SparkSession
-
-    builder = SparkSession.builder.master(f"local[{CORES}]").config("spark.ui.enabled", "false")
-    for key, value in HOST_4GB_CONF.items():
-        builder = builder.config(key, value)
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    spark = builder.getOrCreate()
-    spark.sparkContext.addPyFile(str(build_job_zip(REPO / "build" / "featurize-bench.zip")))
-    try:
-        stats = pipeline.list_inputs(spark, uri)
-        pipeline.plan_partitions(spark, stats.images, DEFAULT_FILES_PER_PARTITION, stats.average_bytes)
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(BATCH_SIZE))
-        images = pipeline.load_images(spark, uri).cache()
-        images.count()
-        settings = FeaturizeSettings(weights="none", image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, tf_threads=1)
-        udf = pipeline.make_featurize_udf(settings)
-        # Build the model in every Python worker first, as the limit's warm-up call compiles its graph:
-        # one task per core at once, so each pooled worker the timed run reuses has its model.
-        warm_up = images.limit(CORES * BATCH_SIZE).repartition(CORES)
-        pipeline.featurize(warm_up, udf).write.format("noop").mode("overwrite").save()
-        passes = []
-        for _ in range(PASSES):
-            started = time.perf_counter()
-            pipeline.featurize(images, udf).write.format("noop").mode("overwrite").save()
-            passes.append(time.perf_counter() - started)
-        partitions = images.rdd.getNumPartitions()
-    finally:
-        spark.stop()
-    return {
-        "images_per_s": n_images / min(passes),
-        "seconds": min(passes),
-        "seconds_per_pass": passes,
-        "partitions": partitions,
     }
 
 
@@ -168,7 +139,7 @@ class TreeMemory:
 
 
 def run_measured(command: list[str]) -> tuple[float, int, str]:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **TEST_CREDENTIALS}
+    env = job_environment(TEST_CREDENTIALS)
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     memory = TreeMemory(process.pid)
@@ -179,67 +150,81 @@ def run_measured(command: list[str]) -> tuple[float, int, str]:
     return time.perf_counter() - started, peak, output
 
 
-def replicate_on_disk(root: Path, target: Path, scale: int) -> Path:
-    """``scale`` copies of the sample under distinct paths (copyNN/<class>/<file>), as hard links."""
-    for copy in range(scale):
-        for path in root.rglob("*.jpg"):
-            link = target / f"copy{copy:02d}" / path.relative_to(root)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                os.link(path, link)
-    return target
+def upload(s3, files: list[tuple[Path, str]]) -> None:
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(lambda item: s3.upload_file(str(item[0]), BUCKET, item[1]), files))
 
 
-def our_end_to_end(endpoint: str | None, input_uri: str, output_uri: str, run_id: str) -> dict:
-    args = [
-        "--input",
-        input_uri,
-        "--output",
-        output_uri,
-        "--run-id",
-        run_id,
-        "--weights",
-        "none",
-        "--image-size",
-        str(IMAGE_SIZE),
+def sample_keys(root: Path, prefix: str, copies: int) -> list[tuple[Path, str]]:
+    """``copies`` of the sample under distinct keys (PREFIX/copyNN/<class>/<file>)."""
+    return [
+        (path, f"{prefix}/copy{copy:02d}/{path.relative_to(root).as_posix()}")
+        for copy in range(copies)
+        for path in sorted(root.rglob("*.jpg"))
     ]
+
+
+def ours(endpoint: str | None, input_uri: str, output_uri: str, run_id: str, size: int) -> dict:
     command = spark_submit_command(
-        args, endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
+        job_args(input_uri, output_uri, run_id, weights="none", image_size=size),
+        endpoint,
+        master=f"local[{CORES}]",
+        driver_memory=HOST_4GB_DRIVER_MEMORY,
+        spark_log_level="WARN",
     )
     wall, peak, _ = run_measured(command)
-    if endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        key = f"{output_uri.split('/', 3)[3]}{run_id}/manifest.json"
-        manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
-    else:
-        manifest = json.loads((Path(output_uri.removeprefix("file://")) / run_id / "manifest.json").read_text())
-    return {"wall_s": wall, "peak_rss_bytes": peak, "manifest": manifest}
-
-
-def peer_end_to_end(endpoint: str) -> dict:
-    command = spark_submit_command(
-        [], endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_CONF["spark.driver.memory"]
-    )
-    command = command[: command.index(str(REPO / "jobs" / "featurize_images.py"))]
-    command += [
-        str(REPO / "bench" / "peer_pipeline.py"),
-        f"s3a://{BUCKET}/images/",
-        f"s3a://{BUCKET}/peer/",
-        str(IMAGE_SIZE),
-    ]
-    wall, peak, _ = run_measured(command)
-    return {"wall_s": wall, "peak_rss_bytes": peak}
-
-
-def scaling_row(run: dict) -> dict:
-    count = run["manifest"]["counts"]["inputs"]
+    client = boto3.client("s3", endpoint_url=endpoint) if endpoint else None
+    manifest = read_manifest(output_uri, run_id, client)
+    images = manifest["counts"]["inputs"]
+    stages = manifest["timing"]["stages_seconds"]
     return {
-        "images": count,
-        "wall_s": run["wall_s"],
-        "s_per_image": run["wall_s"] / count,
-        "peak_rss_bytes": run["peak_rss_bytes"],
-        "stages_s": run["manifest"]["timing"]["stages_seconds"],
-        "worker_cpu_s": run["manifest"]["timing"]["worker_cpu_seconds"],
+        "images": images,
+        "wall_s": wall,
+        "s_per_image": wall / images,
+        "featurize_s": stages["featurize"],
+        "featurize_images_per_s": images / stages["featurize"],
+        "peak_pss_bytes": peak,
+        "stages_s": stages,
+        "worker_cpu_s": manifest["timing"]["worker_cpu_seconds"],
+    }
+
+
+def over_s3(moto: str, latency: float, input_uri: str, run_id: str, size: int) -> dict:
+    with faulty_s3(moto, fault_rate=0.0, latency=latency) as (endpoint, proxy):
+        row = ours(endpoint, input_uri, f"s3a://{BUCKET}/runs/", run_id, size)
+    requests = sum(proxy.counts.values())
+    by_method: dict[str, int] = {}
+    for (_, method), count in proxy.counts.items():
+        by_method[method] = by_method.get(method, 0) + count
+    return {
+        **row,
+        "latency_s": latency,
+        "requests": requests,
+        "requests_by_method": by_method,
+        "requests_per_image": requests / row["images"],
+    }
+
+
+def peer(moto: str, latency: float, variant: str, size: int) -> dict:
+    with faulty_s3(moto, fault_rate=0.0, latency=latency) as (endpoint, proxy):
+        command = spark_submit_command(
+            [], endpoint, master=f"local[{CORES}]", driver_memory=HOST_4GB_DRIVER_MEMORY, spark_log_level="WARN"
+        )
+        command = command[: command.index(str(REPO / "jobs" / "featurize_images.py"))]
+        command += [
+            str(REPO / "bench" / "peer_pipeline.py"),
+            f"s3a://{BUCKET}/x1/",
+            f"s3a://{BUCKET}/peer-{variant}/",
+            str(size),
+            variant,
+        ]
+        wall, peak, _ = run_measured(command)
+    return {
+        "variant": variant,
+        "latency_s": latency,
+        "wall_s": wall,
+        "peak_pss_bytes": peak,
+        "requests": sum(proxy.counts.values()),
     }
 
 
@@ -254,8 +239,7 @@ def main() -> int:
     os.environ.update(TEST_CREDENTIALS)
     root = sample_images()
     files = sorted(root.rglob("*.jpg"))
-    images = [path.read_bytes() for path in files]
-    n = len(images)
+    n = len(files)
     results: dict = {
         "machine": {
             "cpus": psutil.cpu_count(),
@@ -263,40 +247,48 @@ def main() -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "image_size": IMAGE_SIZE,
         "cores": CORES,
         "images_1x": n,
-        "spark_conf": HOST_4GB_CONF,
+        "driver_memory": HOST_4GB_DRIVER_MEMORY,
+        "latency_s": LATENCY,
     }
-    print(f"benchmark: {n} images, {IMAGE_SIZE}px, {CORES} cores", flush=True)
+    print(f"benchmark: {n} images, {CORES} cores, S3 latency {1000 * LATENCY:.0f} ms", flush=True)
+    images = [path.read_bytes() for path in files]
+    results["limit"] = {size: bare_tf_limit(images, size) for size in SIZES}
+    for size, limit in results["limit"].items():
+        print(f"limit {size}px: {limit['images_per_s']:.1f} img/s (batch {limit['best_batch']})", flush=True)
 
-    results["limit"] = bare_tf_limit(images)
-    print(f"limit: {results['limit']['images_per_s']:.1f} img/s (batch {results['limit']['best_batch']})", flush=True)
-
-    results["featurization"] = featurization_stage(root.as_uri(), n)
-    print(f"featurization stage: {results['featurization']['images_per_s']:.1f} img/s", flush=True)
-
-    with moto_server() as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint)
+    results["runs"], results["peers"], results["scaling"] = {}, {}, {}
+    with moto_server() as moto:
+        s3 = boto3.client("s3", endpoint_url=moto)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-        upload_tree(s3, root, BUCKET, "images")
-        run = our_end_to_end(endpoint, f"s3a://{BUCKET}/images/", f"s3a://{BUCKET}/runs/", "bench-s3")
-        results["s3"] = scaling_row(run)
-        print(f"ours end to end over S3 (moto): {run['wall_s']:.1f}s", flush=True)
-        results["peer"] = peer_end_to_end(endpoint)
-        print(f"peer end to end over S3 (moto): {results['peer']['wall_s']:.1f}s", flush=True)
-
-    results["scaling"] = {}
-    with tempfile.TemporaryDirectory(prefix="fruitcloud-bench-") as scratch:
+        upload(s3, sample_keys(root, "x1", 1))
+        s3.put_object(Bucket=BUCKET, Key="x1/README.txt", Body=b"not an image")
+        for size in SIZES:
+            with tempfile.TemporaryDirectory(prefix="fruitcloud-bench-") as directory:
+                scratch = Path(directory)
+                local = ours(None, root.as_uri(), scratch.as_uri() + "/", f"local-{size}", size)
+            results["runs"][f"local-{size}"] = local
+            for latency in (0.0, LATENCY):
+                name = f"s3-{size}-{int(1000 * latency)}ms"
+                results["runs"][name] = over_s3(moto, latency, f"s3a://{BUCKET}/x1/", name, size)
+                row = results["runs"][name]
+                print(
+                    f"{name}: featurize {row['featurize_images_per_s']:.1f} img/s, wall {row['wall_s']:.1f} s, "
+                    f"{row['requests_per_image']:.3f} requests/image",
+                    flush=True,
+                )
+        for variant, latency in (("course", LATENCY), ("course", 0.0), ("naive", 0.0)):
+            name = f"{variant}-{int(1000 * latency)}ms"
+            results["peers"][name] = peer(moto, latency, variant, 224)
+            print(f"peer {name}: {results['peers'][name]['wall_s']:.1f} s", flush=True)
         for scale in SCALES:
-            data = replicate_on_disk(root, Path(scratch) / f"x{scale}", scale)
-            run = our_end_to_end(None, data.as_uri(), (Path(scratch) / "runs").as_uri() + "/", f"x{scale}")
-            results["scaling"][scale] = scaling_row(run)
-            print(
-                f"ours end to end x{scale} (local disk): {run['manifest']['counts']['inputs']} images in "
-                f"{run['wall_s']:.1f}s, peak {run['peak_rss_bytes'] / 2**30:.2f} GB",
-                flush=True,
-            )
+            keys = sample_keys(root, f"x{scale}", scale)
+            upload(s3, keys)
+            row = over_s3(moto, LATENCY, f"s3a://{BUCKET}/x{scale}/", f"scale-{scale}", 224)
+            results["scaling"][scale] = row
+            peak = row["peak_pss_bytes"] / 2**30
+            print(f"x{scale}: {row['images']} images in {row['wall_s']:.1f} s, peak {peak:.2f} GB", flush=True)
 
     report = summarize(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -306,70 +298,128 @@ def main() -> int:
     return 0
 
 
+def cost_of_a_million(per_image_s: float, workers: int) -> tuple[float, float]:
+    """Hours and USD for 1M images: compute on 1 + workers t2.medium (t2 Unlimited surplus included) + S3 requests."""
+    hosts = 1 + workers
+    hours = 1_000_000 * per_image_s / max(workers, 1) / 3600
+    # Sustained 100 % CPU on 2 vCPUs against a 20 % baseline: 1.6 surplus vCPU-hours per host-hour.
+    compute = hours * hosts * (T2_MEDIUM_USD_HOUR + 1.6 * T2_SURPLUS_USD_VCPU_HOUR)
+    requests = 1_000_000 * (S3_GET_USD_PER_1000 / 1000) + 2_000 * (S3_PUT_USD_PER_1000 / 1000)
+    return hours, compute + requests
+
+
 def summarize(results: dict) -> str:
-    limit = results["limit"]["images_per_s"]
-    feat = results["featurization"]["images_per_s"]
-    ours = results["s3"]
-    peer = results["peer"]["wall_s"]
-    results["scaling"] = {int(scale): row for scale, row in results["scaling"].items()}
-    largest = max(results["scaling"])
-    per_image = {scale: row["s_per_image"] for scale, row in results["scaling"].items()}
-    drift = per_image[largest] / per_image[1] - 1
-    scales = sorted(results["scaling"])
-    marginal = [
-        (results["scaling"][b]["wall_s"] - results["scaling"][a]["wall_s"])
-        / (results["scaling"][b]["images"] - results["scaling"][a]["images"])
-        for a, b in itertools.pairwise(scales)
-    ]
-    marginal_drift = marginal[-1] / marginal[0] - 1 if len(marginal) > 1 else 0.0
-    peak = results["scaling"][largest]["peak_rss_bytes"]
-    projected_90k = per_image[largest] * 90_000
+    runs, peers = results["runs"], results["peers"]
+    runs = {name: row for name, row in runs.items()}
+    limits = {int(size): row for size, row in results["limit"].items()}
+    scaling = {int(scale): row for scale, row in results["scaling"].items()}
+    ms = int(1000 * results["latency_s"])
+    headline, baseline = runs[f"s3-224-{ms}ms"], runs["s3-224-0ms"]
+    course = peers[f"course-{ms}ms"]
     lines = [
-        f"# Benchmark ({results['images_1x']} Fruits-360 images, {results['image_size']} px, {results['cores']} cores, "
-        f"{results['machine']['ram_gb']} GB RAM, driver heap {results['spark_conf']['spark.driver.memory']})",
+        f"# Benchmark ({results['images_1x']} Fruits-360 images, {results['cores']} cores, "
+        f"{results['machine']['ram_gb']} GB RAM, driver heap {results['driver_memory']}, S3 = moto behind a proxy "
+        f"on 127.0.0.1 adding 0 or {ms} ms per request)",
+        "",
+        "## Targets",
         "",
         "| measure | value | target | ratio | verdict |",
         "|---|---:|---|---:|---|",
-        f"| bare TF limit (batch {results['limit']['best_batch']}) | {limit:.1f} img/s | | | |",
-        f"| `model.predict` per batch | {max(results['limit']['predict_by_batch'].values()):.1f} img/s | | | |",
-        f"| our featurization stage | {feat:.1f} img/s | ≥ 90 % of limit | {feat / limit:.2f} "
-        f"| {verdict(feat >= 0.9 * limit)} |",
-        f"| our end to end x1, S3 (moto) | {ours['wall_s']:.1f} s "
-        f"({ours['images'] / ours['wall_s']:.1f} img/s) | | | |",
-        f"| peer notebook end to end x1, S3 (moto) | {peer:.1f} s | ours ≥ 2x faster | {peer / ours['wall_s']:.2f}x | "
-        f"{verdict(peer >= 2 * ours['wall_s'])} |",
     ]
-    for scale, row in sorted(results["scaling"].items()):
+    limit = limits[224]["images_per_s"]
+    ratio = headline["featurize_images_per_s"] / limit
+    lines.append(
+        f"| featurize stage over S3, {ms} ms, 224 px | {headline['featurize_images_per_s']:.1f} img/s "
+        f"(limit {limit:.1f}) | ≥ 0.90 of the bare-TF limit | {ratio:.2f} | {verdict(ratio >= 0.9)} |"
+    )
+    slowdown = headline["wall_s"] / baseline["wall_s"]
+    lines.append(
+        f"| end to end with {ms} ms vs 0 ms, 224 px | {headline['wall_s']:.1f} s vs {baseline['wall_s']:.1f} s "
+        f"| ≤ 1.15x | {slowdown:.2f}x | {verdict(slowdown <= 1.15)} |"
+    )
+    per_image = headline["requests_per_image"]
+    lines.append(
+        f"| S3 requests per image, listing and writes included | {per_image:.3f} ({headline['requests']} "
+        f"requests) | ≤ 1.2 | | {verdict(per_image <= 1.2)} |"
+    )
+    speedup = course["wall_s"] / headline["wall_s"]
+    lines.append(
+        f"| end to end vs the course template, {ms} ms, 224 px | {headline['wall_s']:.1f} s vs "
+        f"{course['wall_s']:.1f} s | ≥ 3x faster | {speedup:.2f}x | {verdict(speedup >= 3)} |"
+    )
+    largest = max(scaling)
+    peak = scaling[largest]["peak_pss_bytes"]
+    lines.append(
+        f"| peak PSS (JVM + Python workers), x{largest} = {scaling[largest]['images']} images, 224 px, "
+        f"4 GB settings | {peak / 2**30:.2f} GB | ≤ 3 GB | | {verdict(peak <= 3 * 2**30)} |"
+    )
+    lines += [
+        "",
+        "## All runs (seconds; featurize = the featurize stage of the manifest)",
+        "",
+        "| run | images | featurize img/s | of limit | end to end s | requests/image | peak PSS GB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in sorted(limits, reverse=True):
         lines.append(
-            f"| end to end x{scale}, local disk ({row['images']} images) | {row['wall_s']:.1f} s, "
-            f"{1000 * row['s_per_image']:.2f} ms/image | | | |"
+            f"| bare TF limit, {size} px (batch {limits[size]['best_batch']}) | | "
+            f"{limits[size]['images_per_s']:.1f} | 1.00 | | | |"
+        )
+        for name in (f"local-{size}", f"s3-{size}-0ms", f"s3-{size}-{ms}ms"):
+            row = runs[name]
+            label = {"local": "ours, local disk (no network)", "s3": "ours, S3"}[name.split("-")[0]]
+            if name.startswith("s3"):
+                label += f" + {name.rsplit('-', 1)[1]}"
+            lines.append(
+                f"| {label}, {size} px | {row['images']} | {row['featurize_images_per_s']:.1f} | "
+                f"{row['featurize_images_per_s'] / limits[size]['images_per_s']:.2f} | {row['wall_s']:.1f} | "
+                f"{row.get('requests_per_image', float('nan')):.3f} | {row['peak_pss_bytes'] / 2**30:.2f} |"
+            )
+    for row in peers.values():
+        label = {
+            "course": "course template (features written once, StandardScaler, PCA twice)",
+            "naive": "naive notebook (nothing persisted: the CNN runs 3 times), extra context",
+        }[row["variant"]]
+        lines.append(
+            f"| {label}, S3 + {int(1000 * row['latency_s'])} ms, 224 px | {results['images_1x']} | | | "
+            f"{row['wall_s']:.1f} | {row['requests'] / results['images_1x']:.3f} | "
+            f"{row['peak_pss_bytes'] / 2**30:.2f} |"
+        )
+    for scale, row in sorted(scaling.items()):
+        lines.append(
+            f"| ours x{scale}, S3 + {ms} ms, 224 px | {row['images']} | {row['featurize_images_per_s']:.1f} | "
+            f"{row['featurize_images_per_s'] / limit:.2f} | {row['wall_s']:.1f} | "
+            f"{row['requests_per_image']:.3f} | {row['peak_pss_bytes'] / 2**30:.2f} |"
         )
     lines += [
-        f"| time per image x{largest} vs x1 | {100 * drift:+.1f} % | within 15 % | "
-        f"| {verdict(abs(drift) <= 0.15)} |",
-        f"| marginal time per image x{scales[-2]}→x{largest} vs x1→x{scales[1]} | "
-        f"{1000 * marginal[-1]:.2f} vs {1000 * marginal[0]:.2f} ms ({100 * marginal_drift:+.1f} %) "
-        "| linear: within 15 % "
-        f"| | {verdict(abs(marginal_drift) <= 0.15)} |",
-        f"| peak memory x{largest}, PSS of JVM + Python workers | {peak / 2**30:.2f} GB | ≤ 3 GB | "
-        f"| {verdict(peak <= 3 * 2**30)} |",
-        f"| projected 90,000 images on this machine | {projected_90k / 60:.0f} min | | | |",
         "",
-        f"## Where the time goes (x{largest} from local disk, and x1 over S3; seconds)",
+        f"## Where the time goes (224 px, S3 + {ms} ms; seconds)",
         "",
-        f"| stage | x{largest} local | x1 S3 |",
+        "| stage | x1 | " + " | ".join(f"x{s}" for s in sorted(scaling)) + " |",
+        "|---|---:|" + "---:|" * len(scaling),
+    ]
+    for stage in headline["stages_s"]:
+        values = [headline["stages_s"].get(stage, 0)] + [scaling[s]["stages_s"].get(stage, 0) for s in sorted(scaling)]
+        lines.append(f"| {stage} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    big = scaling[largest]
+    featurize_per_image = big["featurize_s"] / big["images"]
+    rest_per_image = (big["wall_s"] - big["featurize_s"]) / big["images"]
+    lines += [
+        "",
+        f"## 1M images, from the measured per-image figures (x{largest} run)",
+        "",
+        f"Featurize {1000 * featurize_per_image:.2f} ms/image on 2 cores, everything else "
+        f"{1000 * rest_per_image:.3f} ms/image. t2.medium at ${T2_MEDIUM_USD_HOUR}/h on demand, plus t2 Unlimited "
+        f"surplus CPU (${T2_SURPLUS_USD_VCPU_HOUR}/vCPU-h: a CNN keeps both vCPUs far above the 20 % baseline), "
+        "plus S3 requests (1M GETs, ~2,000 PUTs).",
+        "",
+        "| layout | hours | USD |",
         "|---|---:|---:|",
     ]
-    row, s3_row = results["scaling"][largest], results["s3"]
-    for stage, seconds in row["stages_s"].items():
-        lines.append(f"| {stage} | {seconds:.1f} | {s3_row['stages_s'].get(stage, 0):.1f} |")
-    lines += [
-        f"| (inside featurize) decode, CPU-seconds over workers | {row['worker_cpu_s']['decode']:.1f} "
-        f"| {s3_row['worker_cpu_s']['decode']:.1f} |",
-        f"| (inside featurize) CNN, CPU-seconds over workers | {row['worker_cpu_s']['cnn']:.1f} "
-        f"| {s3_row['worker_cpu_s']['cnn']:.1f} |",
-        "",
-    ]
+    for label, workers in (("one t2.medium (local mode)", 1), ("master + 4 t2.medium workers", 4)):
+        hours, usd = cost_of_a_million(featurize_per_image + rest_per_image, workers)
+        lines.append(f"| {label} | {hours:.1f} | {usd:.2f} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import moto
-from motoserver import TEST_CREDENTIALS
+
+from harness.moto import TEST_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

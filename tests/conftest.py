@@ -11,8 +11,9 @@ import sys
 
 import boto3
 import pytest
-from localrun import REPO, build_job_zip, s3a_conf, s3a_jars, sample_images
-from motoserver import TEST_CREDENTIALS, moto_server
+
+from harness.launcher import REPO, build_job_zip, s3a_conf, s3a_jars, sample_images
+from harness.moto import TEST_CREDENTIALS, moto_server
 
 
 @pytest.fixture(scope="session", autouse=True)

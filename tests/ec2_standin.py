@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ansible_helpers import REPO
-from motoserver import free_port
+
+from harness.moto import free_port
 
 CONTAINERS_ENV = {"CONTAINERS_CONF": str(REPO / "molecule" / "containers.conf")}
 CA_CERTIFICATES = Path("/usr/local/share/ca-certificates")

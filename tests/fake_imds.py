@@ -19,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler
 
 import boto3
-from loopback import serve_on_loopback
+
+from harness.loopback import serve_on_loopback
 
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 TOKEN = "fake-imds-session-token"

@@ -3,8 +3,9 @@
 import json
 import subprocess
 
-from featurize.job import parse_args
-from localrun import REPO
+from featurize.cli import parse_args
+
+from harness.launcher import REPO
 
 
 def test_step_arguments_are_accepted_by_the_job():

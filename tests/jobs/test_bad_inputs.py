@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 from fuzz_corpus import write_corpus
-from localrun import job_args, run_job, spark_submit_command
 from PIL import Image
+
+from harness.launcher import job_args, job_environment, run_job, spark_submit_command
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
@@ -86,7 +87,7 @@ def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
         "loose.jpg": None,
     }
     assert {path: reason[1:] for path, reason in errors.items()} == {
-        "Kiwi/zero.jpg": ("read", "empty file (0 bytes), skipped by Spark's file scan"),
+        "Kiwi/zero.jpg": ("read", "empty file (0 bytes)"),
         "Kiwi/text.jpg": ("decode", "not a recognised image format"),
         "Kiwi/truncated.jpg": ("decode", errors["Kiwi/truncated.jpg"][2]),
         "Kiwi/huge.png": (
@@ -129,7 +130,7 @@ def run_failing(args: list[str], endpoint=None, **env) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PYSPARK_PYTHON": sys.executable, **env},
+        env=job_environment(env),
     )
 
 
@@ -162,23 +163,26 @@ def test_missing_imagenet_weights_fail_on_the_driver_with_the_fix(tmp_path):
     assert "model_weights role" in result.stdout
 
 
-def test_credentials_never_reach_logs_or_outputs(moto_endpoint, s3, bucket, sample_dir):
-    secret = "FRUITCLOUD-SECRET-KEY-0123456789"
+def test_credentials_never_reach_logs_or_outputs_even_at_debug(moto_endpoint, s3, bucket, sample_dir):
+    secret, token = "FRUITCLOUD-SECRET-KEY-0123456789", "FRUITCLOUD-SESSION-TOKEN-9876543210"
     for path in sorted((sample_dir / "Mango").glob("*.jpg"))[:5]:
         s3.upload_file(str(path), bucket, f"images/Mango/{path.name}")
+    args = job_args(f"s3a://{bucket}/images/", f"s3a://{bucket}/runs/", "creds", weights="none", image_size=32, pca_k=2)
     result = run_failing(
-        job_args(f"s3a://{bucket}/images/", f"s3a://{bucket}/runs/", "creds", weights="none", image_size=32, pca_k=2),
+        [*args, "--log-level", "DEBUG"],
         moto_endpoint,
         AWS_ACCESS_KEY_ID="AKIAFRUITCLOUDTEST01",
         AWS_SECRET_ACCESS_KEY=secret,
+        AWS_SESSION_TOKEN=token,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     everything = result.stdout + result.stderr
+    assert " DEBUG " in everything, "the run did log at DEBUG"
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/creds/"):
         for obj in page["Contents"]:
             everything += s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read().decode("latin-1")
-    assert "AKIAFRUITCLOUDTEST01" not in everything
-    assert secret not in everything
+    for marker in ("AKIAFRUITCLOUDTEST01", secret, token):
+        assert marker not in everything
 
 
 def test_no_credentials_fail_in_one_line_before_spark_reads(moto_endpoint, s3, bucket, tmp_path):
@@ -216,7 +220,7 @@ def test_unwritable_output_fails_before_any_compute(tmp_path, sample_dir):
         ["--input", (sample_dir / "Kiwi").as_uri(), "--output", (blocker / "runs").as_uri(), "--weights", "none"]
     )
     assert result.returncode == 1
-    assert f"output location {(blocker / 'runs').as_uri()}/" in result.stdout
+    assert f"output location file:{blocker / 'runs'}/" in result.stdout
     assert "is not writable: Not a directory" in result.stdout
-    assert "stage list: started" not in result.stdout
+    assert "stage list" not in result.stdout
     assert blocker.read_text() == "a file where the output folder should be"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from localrun import run_job
-from motoserver import free_port
-from pyspark.ml.functions import vector_to_array
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+from harness.launcher import run_job
+from harness.moto import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 
 
@@ -129,8 +129,8 @@ def test_master_refuses_a_worker_without_the_cluster_secret(tmp_path, authentica
 
 
 def vectors(spark, uri: str, column: str) -> dict[str, np.ndarray]:
-    rows = spark.read.parquet(uri).select("path", vector_to_array(column).alias("v")).collect()
-    return {row.path: np.array(row.v) for row in rows}
+    rows = spark.read.parquet(uri).select("path", column).collect()
+    return {row.path: np.array(row[column]) for row in rows}
 
 
 def test_cluster_run_equals_local_run(spark, s3, bucket, moto_endpoint, sample_dir, standalone_cluster):

@@ -9,17 +9,17 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
-from faulty_s3 import faulty_s3
-from localrun import job_args, run_job, spark_submit_command
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+from harness.launcher import job_args, job_environment, run_job, spark_submit_command
+from harness.s3proxy import faulty_s3
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
 
 
 def committed_rows(run: Path) -> int:
@@ -47,7 +47,7 @@ def test_sigkill_then_rerun_converges(spark, sample_dir, tmp_path, kill_at):
             spark_submit_command(args, None),
             stdout=stream,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+            env=job_environment(),
             start_new_session=True,
         )
         deadline = time.monotonic() + 300
@@ -142,7 +142,7 @@ def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoi
             spark_submit_command(s3_job_args(bucket, "worker-killed", image_size=160), moto_endpoint, "local[2,4]"),
             stdout=stream,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+            env=job_environment(),
             start_new_session=True,
         )
         deadline = time.monotonic() + 300

@@ -7,9 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from localrun import job_args, run_job
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+from harness.launcher import job_args, run_job
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
 
 
 def run(images, out, run_id="inc", **options) -> dict:

@@ -1,8 +1,11 @@
-"""Molecule's default scenario (converge, idempotence, verify) on the podman Debian 12 target.
+"""Molecule's default scenario (converge, idempotence, verify) on the EC2 stand-in.
 
-The verify step reads from this moto server through s3a and runs the deployed
-job with --weights imagenet from the provisioned (test) weights file; the
-manifest it leaves in moto is checked here.
+The stand-in boots as an EC2 instance does: its first-boot unit installs the
+public key of the key pair imported into moto here, read from the fake
+instance metadata, and Molecule connects over SSH as ubuntu with that key and
+sudo. The verify step reads from this moto server through s3a and runs the
+deployed job with --weights imagenet from the provisioned (test) weights file
+as the job account; the manifest it leaves in moto is checked here.
 """
 
 from __future__ import annotations
@@ -10,16 +13,41 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 
+import boto3
 import pytest
 from ansible_helpers import REPO
+from ec2_standin import CA_CERTIFICATES, CONTAINERS_ENV, podman
+from fake_imds import fake_imds
+
+from harness.moto import TEST_CREDENTIALS, free_port
 
 pytestmark = pytest.mark.molecule
 
 
+def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:
+    """The EC2_STANDIN_* variables of molecule.yml: first-boot settings, CA certificates, key, known hosts."""
+    settings, certificates = tmp_path / "standin", tmp_path / "ca-certificates"
+    settings.mkdir()
+    certificates.mkdir()
+    for certificate in CA_CERTIFICATES.glob("*.crt") if CA_CERTIFICATES.is_dir() else []:
+        shutil.copy(certificate, certificates)
+    port = free_port()
+    (settings / "imds_url").write_text(imds_url)
+    (settings / "ssh_port").write_text(str(port))
+    return {
+        "EC2_STANDIN_SETTINGS": str(settings),
+        "EC2_STANDIN_CA_DIR": str(certificates),
+        "EC2_STANDIN_SSH_PORT": str(port),
+        "EC2_STANDIN_KEY": str(tmp_path / "fruitcloud.pem"),
+        "EC2_STANDIN_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+    }
+
+
 def test_default_scenario_converges_idempotently_and_verifies(
-    podman_target_image, test_weights, s3, bucket, moto_endpoint, sample_dir
+    podman_target_image, test_weights, s3, bucket, moto_endpoint, sample_dir, tmp_path
 ):
     s3.put_object(Bucket=bucket, Key="verify/hello.txt", Body=b"hello from moto\n")
     classes = sorted(p for p in sample_dir.iterdir() if p.is_dir())
@@ -27,18 +55,27 @@ def test_default_scenario_converges_idempotently_and_verifies(
         image = sorted(folder.glob("*.jpg"))[0]
         s3.upload_file(str(image), bucket, f"images/{folder.name}/{image.name}")
 
-    env = {
-        **os.environ,
-        "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-        "CONTAINERS_CONF": str(REPO / "molecule" / "containers.conf"),
-        "MOTO_ENDPOINT": moto_endpoint,
-        "VERIFY_BUCKET": bucket,
-        "TEST_WEIGHTS_SHA256": test_weights[1],
-        "ANSIBLE_NOCOLOR": "1",
-    }
-    result = subprocess.run(
-        ["molecule", "test", "-s", "default"], cwd=REPO, env=env, capture_output=True, text=True, check=False
-    )
+    key = tmp_path / "fruitcloud.pem"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
+    ec2.import_key_pair(KeyName="fruitcloud", PublicKeyMaterial=key.with_suffix(".pem.pub").read_bytes())
+    podman("rm", "--force", "fruitcloud-debian12")
+    with fake_imds(moto_endpoint, role_name="fruitcloud-host", key_name="fruitcloud") as (imds_url, _):
+        env = {
+            **os.environ,
+            **CONTAINERS_ENV,
+            **standin_settings(tmp_path, imds_url),
+            "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
+            "MOLECULE_IMAGE": podman_target_image,
+            "MOTO_ENDPOINT": moto_endpoint,
+            "VERIFY_BUCKET": bucket,
+            "TEST_WEIGHTS_SHA256": test_weights[1],
+            "ANSIBLE_NOCOLOR": "1",
+        }
+        result = subprocess.run(
+            ["molecule", "test", "-s", "default"], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        )
+    ec2.delete_key_pair(KeyName="fruitcloud")
     output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
     assert result.returncode == 0, output[-6000:]
     for step in ("converge", "idempotence", "verify"):

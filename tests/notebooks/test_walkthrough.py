@@ -8,8 +8,9 @@ import sys
 
 import nbformat
 import pytest
-from localrun import REPO, build_job_zip, s3a_conf, s3a_jars, upload_tree
 from nbclient import NotebookClient
+
+from harness.launcher import REPO, build_job_zip, s3a_conf, s3a_jars, upload_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,7 @@ def test_notebook_executes_and_reads_its_outputs_back(s3, bucket, moto_endpoint,
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert "3977 objects, 24 classes" in text
-    assert "80 images, 80 featurized" in text
+    assert "80 images, 80 featurized in 2 commits" in text
     assert "80 rows read back" in text
     images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3

@@ -10,7 +10,8 @@ import boto3
 import pytest
 import yaml
 from ansible_helpers import REPO, ansible_env, fake_ubuntu_amis, localhost_inventory, run_playbook
-from motoserver import moto_server
+
+from harness.moto import moto_server
 
 BUCKET = "fruitcloud-provision-test"
 OPERATOR_CIDR = "198.51.100.7/32"

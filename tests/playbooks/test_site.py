@@ -25,7 +25,8 @@ import yaml
 from ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
 from ec2_standin import ec2_standin
 from fake_imds import fake_imds
-from motoserver import TEST_CREDENTIALS, moto_server
+
+from harness.moto import TEST_CREDENTIALS, moto_server
 
 pytestmark = pytest.mark.molecule
 

@@ -1,11 +1,13 @@
 """Run the job locally against an S3 endpoint, as the demo, tests and benchmark do.
 
 One place builds the spark-submit command line, so all three exercise the
-same s3a settings that the Ansible spark role templates on real hosts.
+same s3a settings that the Ansible spark role templates on real hosts, and
+one place reads a run's manifest back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+QUIET_LOG4J = Path(__file__).with_name("log4j2-warn.properties")
 JOBS = REPO / "jobs"
 JARS_DIR = REPO / ".cache" / "jars"
 S3A_JARS = ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
@@ -82,7 +85,9 @@ def spark_submit_command(
     master: str = "local[2,4]",
     driver_memory: str = "1g",
     extra_conf: dict[str, str] | None = None,
+    spark_log_level: str = "INFO",
 ) -> list[str]:
+    """The spark-submit line; ``spark_log_level="WARN"`` keeps Spark's own lines out of the console."""
     spark_submit = Path(sys.executable).with_name("spark-submit")
     job_zip = build_job_zip(REPO / "build" / "featurize.zip")
     command = [
@@ -96,16 +101,34 @@ def spark_submit_command(
         "--py-files",
         str(job_zip),
     ]
-    for key, value in {**s3a_conf(endpoint), **(extra_conf or {})}.items():
+    conf = {**s3a_conf(endpoint), **(extra_conf or {})}
+    if spark_log_level == "WARN":
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+        conf["spark.ui.showConsoleProgress"] = str(sys.stderr.isatty()).lower()
+    for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(JOBS / "featurize_images.py"), *job_args]
+
+
+def job_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The launcher's environment: the venv's Python for workers, TensorFlow's C++ start-up notices off."""
+    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
 
 
 def run_job(
     job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, **kwargs
 ) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env or {})}
-    return subprocess.run(spark_submit_command(job_args, endpoint, **kwargs), env=environment, check=False)
+    return subprocess.run(spark_submit_command(job_args, endpoint, **kwargs), env=job_environment(env), check=False)
+
+
+def read_manifest(output_uri: str, run_id: str, s3_client=None) -> dict:
+    """The manifest of a run under ``output_uri`` (s3a://bucket/prefix/ with a boto3 client, or a local folder)."""
+    if output_uri.startswith(("s3a://", "s3://")):
+        bucket, _, prefix = output_uri.split("://", 1)[1].partition("/")
+        key = f"{prefix.rstrip('/')}/{run_id}/manifest.json".lstrip("/")
+        return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    root = Path(output_uri.removeprefix("file://").removeprefix("file:"))
+    return json.loads((root / run_id / "manifest.json").read_text())
 
 
 def upload_tree(s3_client, root: Path, bucket: str, prefix: str, workers: int = 16) -> int:
