@@ -53,12 +53,22 @@ def build_job_zip(target: Path) -> Path:
     return target
 
 
+# As roles/spark/templates/spark-defaults.conf.j2: s3a writes only the small pca_model
+# (the job moves its data with boto3), and these settings cut its requests by a third.
+S3A_FEWER_REQUESTS = {
+    "spark.hadoop.fs.s3a.directory.marker.retention": "keep",
+    "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "2",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+}
+
+
 def s3a_conf(endpoint: str | None) -> dict[str, str]:
     """s3a settings for a local endpoint; with none, Spark talks to AWS itself."""
     conf = {
         "spark.hadoop.fs.s3a.fast.upload": "true",
         "spark.hadoop.fs.s3a.attempts.maximum": "10",
         "spark.hadoop.fs.s3a.retry.limit": "10",
+        **S3A_FEWER_REQUESTS,
     }
     if endpoint:
         conf.update(
@@ -111,8 +121,14 @@ def spark_submit_command(
 
 
 def job_environment(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The launcher's environment: the venv's Python for workers, TensorFlow's C++ start-up notices off."""
-    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    """The environment the spark role gives executors: the venv's Python, TensorFlow quiet, few malloc arenas."""
+    return {
+        **os.environ,
+        "PYSPARK_PYTHON": sys.executable,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MALLOC_ARENA_MAX": "2",
+        **(env or {}),
+    }
 
 
 def run_job(
