@@ -1,7 +1,7 @@
 """Write each role's variable table into its README from meta/argument_specs.yml, the one source.
 
-    python scripts/role_docs.py          rewrite the tables
-    python scripts/role_docs.py --check  exit 1 if a README differs from its argument_specs
+python scripts/role_docs.py          rewrite the tables
+python scripts/role_docs.py --check  exit 1 if a README differs from its argument_specs
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ def featurize_batch(
     contents: pd.Series,
     extract: Extractor,
     settings: FeaturizeSettings,
+    *,
     timings: BatchTimings | None = None,
 ) -> pd.DataFrame:
     """Decode a Series of image bytes and run the CNN on those that decode.
@@ -50,7 +51,14 @@ def featurize_batch(
     errors: list[str | None] = [None] * len(contents)
     for row, data in enumerate(contents):
         try:
-            decoded.append(decode_image(data, settings.image_size, settings.max_pixels, settings.max_decode_bytes))
+            decoded.append(
+                decode_image(
+                    data,
+                    settings.image_size,
+                    max_pixels=settings.max_pixels,
+                    max_decode_bytes=settings.max_decode_bytes,
+                )
+            )
             decoded_rows.append(row)
         except ImageDecodeError as exc:
             errors[row] = str(exc)
@@ -75,11 +83,12 @@ def featurize_batch(
 
 
 def featurize_fetched(
-    fetched: list, extract: Extractor, settings: FeaturizeSettings, timings: BatchTimings | None = None
+    fetched: list, extract: Extractor, settings: FeaturizeSettings, *, timings: BatchTimings | None = None
 ) -> pd.DataFrame:
     """Like featurize_batch for fetch.Fetched items: a read error is an error row of stage "read"."""
     readable = [index for index, item in enumerate(fetched) if item.error is None]
-    results = featurize_batch(pd.Series([fetched[i].data for i in readable], dtype=object), extract, settings, timings)
+    contents = pd.Series([fetched[i].data for i in readable], dtype=object)
+    results = featurize_batch(contents, extract, settings, timings=timings)
     frame = pd.DataFrame({"features": [None] * len(fetched), "stage": None, "reason": None}, dtype=object)
     for column, source in (("features", "features"), ("stage", "error_stage"), ("reason", "error")):
         frame.loc[readable, column] = pd.Series(results[source].tolist(), index=readable, dtype=object)

@@ -68,8 +68,30 @@ def _parser() -> argparse.ArgumentParser:
             "profile on EC2), never from arguments."
         ),
     )
+    _add_data_arguments(parser)
+    _add_model_arguments(parser)
+    _add_run_arguments(parser)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="image root: s3a://BUCKET/PREFIX/, file:///DIR/ or a path")
     parser.add_argument("--output", required=True, help="output root; the run writes OUTPUT/RUN_ID/")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=_bounded_int(1, 100_000_000),
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels, checked from the header (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-decode-mb",
+        type=_bounded_int(16, 1024),
+        default=DEFAULT_MAX_DECODE_BYTES // 2**20,
+        help="refuse images whose decoding is estimated to need more memory (default: %(default)s)",
+    )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default="imagenet",
@@ -88,19 +110,13 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the fewest components reaching this explained variance (default: %(default)s)",
     )
     pca.add_argument("--pca-k", type=_bounded_int(1, FEATURE_DIM), help="keep exactly this many components")
+    parser.add_argument(
+        "--tf-threads", type=_bounded_int(1, 256), default=None, help="TensorFlow threads per task (spark.task.cpus)"
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-id", default=None, help="name of the run folder (default: UTC timestamp)")
-    parser.add_argument(
-        "--max-image-pixels",
-        type=_bounded_int(1, 100_000_000),
-        default=DEFAULT_MAX_PIXELS,
-        help="refuse images with more pixels, checked from the header (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-decode-mb",
-        type=_bounded_int(16, 1024),
-        default=DEFAULT_MAX_DECODE_BYTES // 2**20,
-        help="refuse images whose decoding is estimated to need more memory (default: %(default)s)",
-    )
     parser.add_argument(
         "--files-per-partition",
         type=_bounded_int(1, 100_000),
@@ -120,9 +136,6 @@ def _parser() -> argparse.ArgumentParser:
         help="image reads in flight per task, ahead of the CNN (default: %(default)s)",
     )
     parser.add_argument(
-        "--tf-threads", type=_bounded_int(1, 256), default=None, help="TensorFlow threads per task (spark.task.cpus)"
-    )
-    parser.add_argument(
         "--lock-ttl-hours",
         type=_bounded_int(1, 168),
         default=12,
@@ -130,7 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--break-lock", action="store_true", help="take the run's lock even if another run holds it")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -89,7 +89,7 @@ def _parquet_bytes(frame: pd.DataFrame, columns: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def write_chunk(storage: Storage, run_uri: str, fingerprint: str, rows: pd.DataFrame) -> Commit:
+def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.DataFrame) -> Commit:
     """Write one chunk's parts, then its record; ``rows`` has FEATURE_COLUMNS plus stage/reason (NULL when featurized).
 
     The accounting is checked before the record is written: every input row
@@ -150,7 +150,7 @@ class Plan:
         return not (self.todo or self.compact or self.drop or self.missing)
 
 
-def plan_run(images: Sequence[ListedFile], commits: Sequence[Commit], fingerprint: str, parts: set[str]) -> Plan:
+def plan_run(images: Sequence[ListedFile], commits: Sequence[Commit], *, fingerprint: str, parts: set[str]) -> Plan:
     """An image is done when a commit of this fingerprint holds its path with its current ETag.
 
     Each (path, ETag) counts once, in the first commit (by record name) that
@@ -179,7 +179,7 @@ def plan_run(images: Sequence[ListedFile], commits: Sequence[Commit], fingerprin
     return plan
 
 
-def compact(storage: Storage, run_uri: str, commit: Commit, kept: frozenset[str]) -> Commit:
+def compact(storage: Storage, run_uri: str, *, commit: Commit, kept: frozenset[str]) -> Commit:
     """Rewrite a commit with only its ``kept`` rows, then delete the old record and parts."""
     import pyarrow.parquet as pq
 
@@ -189,14 +189,14 @@ def compact(storage: Storage, run_uri: str, commit: Commit, kept: frozenset[str]
         for column in set(FEATURE_COLUMNS + ERROR_COLUMNS) - set(frame.columns):
             frame[column] = None
         frames.append(frame[frame["path"].isin(kept)])
-    rewritten = write_chunk(storage, run_uri, commit.fingerprint, pd.concat(frames, ignore_index=True))
+    rewritten = write_chunk(storage, run_uri, fingerprint=commit.fingerprint, rows=pd.concat(frames, ignore_index=True))
     if rewritten.uri != commit.uri:
         storage.delete(commit.uri)
         storage.delete_many([part for part in commit.parts if part not in rewritten.parts])
     return rewritten
 
 
-def remove_leftovers(storage: Storage, run_uri: str, live: Sequence[Commit], obsolete: Sequence[Commit]) -> int:
+def remove_leftovers(storage: Storage, run_uri: str, *, live: Sequence[Commit], obsolete: Sequence[Commit]) -> int:
     """Delete obsolete records, then every part no live record names (crashed or superseded chunks)."""
     storage.delete_many([commit.uri for commit in obsolete])
     named = {part for commit in live for part in commit.parts}
@@ -234,7 +234,7 @@ class RunLock:
     write on the lock's ETag, so two takers cannot both win.
     """
 
-    def __init__(self, storage: Storage, run_uri: str, ttl: timedelta, break_lock: bool = False):
+    def __init__(self, storage: Storage, run_uri: str, *, ttl: timedelta, break_lock: bool = False):
         self.storage, self.uri, self.ttl, self.break_lock = storage, join(run_uri, LOCK_FILE), ttl, break_lock
         self.etag: str | None = None
 

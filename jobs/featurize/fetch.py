@@ -82,7 +82,7 @@ def read_local(path: str, etag: str) -> bytes:
         raise ReadError(f"cannot be read: {exc.strerror}") from exc
 
 
-def read_one(path: str, size: int, etag: str, settings: FetchSettings) -> bytes:
+def read_one(path: str, size: int, etag: str, *, settings: FetchSettings) -> bytes:
     if size == 0:
         raise ReadError("empty file (0 bytes)")
     if size > settings.max_file_bytes:
@@ -114,7 +114,7 @@ def fetch_ahead(files: Iterable[tuple[str, int, str]], settings: FetchSettings) 
                     exhausted = True
                     break
                 path, size, etag = following
-                pending.append((path, size, pool.submit(read_one, path, size, etag, settings)))
+                pending.append((path, size, pool.submit(read_one, path, size, etag, settings=settings)))
                 in_flight_bytes += size
             if not pending:
                 break

@@ -95,7 +95,7 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data))
 
 
-def _check_size(image: Image.Image, size: int, max_pixels: int, max_decode_bytes: int) -> None:
+def _check_size(image: Image.Image, size: int, *, max_pixels: int, max_decode_bytes: int) -> None:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
@@ -116,6 +116,7 @@ def _check_size(image: Image.Image, size: int, max_pixels: int, max_decode_bytes
 def decode_image(
     data: bytes | None,
     size: int,
+    *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> np.ndarray:
@@ -138,7 +139,7 @@ def decode_image(
     except Exception as exc:  # any parser failure is this file's fault, not the task's
         raise ImageDecodeError(f"unreadable image header: {type(exc).__name__}: {exc}") from exc
     try:
-        _check_size(image, size, max_pixels, max_decode_bytes)
+        _check_size(image, size, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = ImageOps.exif_transpose(image)

@@ -144,7 +144,9 @@ def run(spark, args: argparse.Namespace) -> dict:
     context = prepare(spark, args)
     check_locations(context)
     inputs = list_inputs(context)
-    lock = RunLock(context.storage, context.run_uri, timedelta(hours=args.lock_ttl_hours), args.break_lock)
+    lock = RunLock(
+        context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
+    )
     lock.acquire()
     try:
         return run_locked(context, inputs)
@@ -155,7 +157,7 @@ def run(spark, args: argparse.Namespace) -> dict:
 def make_plan(run: RunContext, images: list[ListedFile]) -> Plan:
     commits = read_commits(run.storage, run.run_uri)
     parts = {f.path for kind in ("features", "errors") for f in run.storage.list_files(join(run.run_uri, kind))}
-    return plan_run(images, commits, run.fingerprint, parts)
+    return plan_run(images, commits, fingerprint=run.fingerprint, parts=parts)
 
 
 def read_previous_manifest(run: RunContext) -> dict | None:
@@ -182,11 +184,11 @@ def run_locked(run: RunContext, inputs: Inputs) -> dict:
     # From here on the run changes: it is not complete until a new manifest is written.
     run.storage.delete(run.manifest_uri)
     for commit, kept in plan.compact:
-        compact(run.storage, run.run_uri, commit, kept)
+        compact(run.storage, run.run_uri, commit=commit, kept=kept)
     featurize_todo(run, plan.todo)
     live = verify(run, inputs)
-    remove_leftovers(run.storage, run.run_uri, live, [*plan.drop, *plan.missing])
-    return finish(run, inputs, plan, live)
+    remove_leftovers(run.storage, run.run_uri, live=live, obsolete=[*plan.drop, *plan.missing])
+    return finish(run, inputs, plan=plan, live=live)
 
 
 def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
@@ -198,10 +200,12 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
     decode_seconds, cnn_seconds = sc.accumulator(0.0), sc.accumulator(0.0)
     tasks = pipeline.task_count(run.spark, len(todo), run.args.files_per_partition)
     chunks = pipeline.ChunkSettings(run.run_uri, run.fingerprint, run.args.commit_every)
-    task = pipeline.make_featurize_task(run.settings, run.fetch, chunks, decode_seconds, cnn_seconds)
+    task = pipeline.make_featurize_task(
+        run.settings, run.fetch, chunks, decode_seconds=decode_seconds, cnn_seconds=cnn_seconds
+    )
     with run.clock.stage("featurize") as details:
         started = time.perf_counter()
-        committed = pipeline.featurize(run.spark, todo, run.root, tasks, task).collect()
+        committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
         rate = len(todo) / (time.perf_counter() - started)
         details.update(
             images=len(todo),
@@ -251,7 +255,7 @@ def errors_by_reason(run: RunContext, live: list[Commit]) -> dict[str, int]:
     return dict(reasons.most_common(30))
 
 
-def finish(run: RunContext, inputs: Inputs, plan: Plan, live: list[Commit]) -> dict:
+def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -> dict:
     from featurize import pipeline
 
     counts = count_rows(run, inputs, live)
@@ -261,9 +265,9 @@ def finish(run: RunContext, inputs: Inputs, plan: Plan, live: list[Commit]) -> d
     try:
         pca = fit_pca(run, features)
         pca_parts = write_pca(run, features, pca)
-        manifest = make_manifest(run, plan, live, counts, pca, pca_parts)
+        manifest = make_manifest(run, plan=plan, live=live, counts=counts, pca=pca, pca_parts=pca_parts)
         with run.clock.stage("report") as details:
-            report = write_report(run, manifest, features, errors_by_reason(run, live), pca)
+            report = write_report(run, manifest, features=features, reasons=errors_by_reason(run, live), pca=pca)
             manifest["outputs"]["report"] = report
             details.update(uri=report)
     finally:
@@ -300,14 +304,16 @@ def write_pca(run: RunContext, features, pca) -> list[str]:
         output = join(run.run_uri, "pca")
         previous = [f.path for f in run.storage.list_files(output)]
         name = f"{run.fingerprint}-k{pca.k}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
-        parts = pipeline.write_projection(run.spark, features, pca, output, name, run.fetch.endpoint_url)
+        parts = pipeline.write_projection(
+            run.spark, features, pca, uri=output, name=name, endpoint_url=run.fetch.endpoint_url
+        )
         run.storage.delete_many([path for path in previous if path not in parts])
         pca.model.write().overwrite().save(join(run.run_uri, "pca_model"))
         details.update(parts=len(parts))
     return parts
 
 
-def make_manifest(run: RunContext, plan: Plan, live: list[Commit], counts: Counts, pca, pca_parts) -> dict:
+def make_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Counts, pca, pca_parts) -> dict:
     sc = run.spark.sparkContext
     args = run.args
     return build_manifest(
@@ -355,7 +361,7 @@ def make_manifest(run: RunContext, plan: Plan, live: list[Commit], counts: Count
     )
 
 
-def write_report(run: RunContext, manifest: dict, features, reasons: dict[str, int], pca) -> str | None:
+def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str, int], pca) -> str | None:
     """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run.
 
     The scatter projects the sample with the fitted PCA stage itself, so PC 2 is

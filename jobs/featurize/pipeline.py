@@ -79,7 +79,7 @@ def task_count(spark: SparkSession, images: int, files_per_partition: int) -> in
 
 
 def make_featurize_task(
-    settings: FeaturizeSettings, fetch: FetchSettings, chunks: ChunkSettings, decode_seconds=None, cnn_seconds=None
+    settings: FeaturizeSettings, fetch: FetchSettings, chunks: ChunkSettings, *, decode_seconds=None, cnn_seconds=None
 ):
     """The pandas function of the featurize stage: images to fetch in, one row per committed chunk out.
 
@@ -103,7 +103,7 @@ def make_featurize_task(
         pending: list[pd.DataFrame] = []
         while group := list(islice(fetched, settings.batch_size)):
             timings = BatchTimings()
-            results = featurize_fetched(group, extract, settings, timings)
+            results = featurize_fetched(group, extract, settings, timings=timings)
             identity = pd.DataFrame([listed.pop(item.path)._asdict() for item in group])
             pending.append(pd.concat([identity, results], axis=1))
             if decode_seconds is not None:
@@ -120,12 +120,12 @@ def make_featurize_task(
 
 def _commit(storage: Storage, chunks: ChunkSettings, pending: list[pd.DataFrame]) -> pd.DataFrame:
     rows = pd.concat(pending, ignore_index=True)
-    commit = write_chunk(storage, chunks.run_uri, chunks.fingerprint, rows)
+    commit = write_chunk(storage, chunks.run_uri, fingerprint=chunks.fingerprint, rows=rows)
     failed = int(rows["reason"].notna().sum())
     return pd.DataFrame({"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed]})
 
 
-def featurize(spark: SparkSession, todo: Sequence[ListedFile], root: str, tasks: int, featurize_task) -> DataFrame:
+def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tasks: int, featurize_task) -> DataFrame:
     """Run the featurize stage over ``todo``, split in ``tasks`` contiguous slices of the sorted listing."""
     rows = [(f.path, label_of(f.path, root), f.size, f.etag, f.modified) for f in todo]
     slices = spark.sparkContext.parallelize(rows, numSlices=tasks)
@@ -198,7 +198,7 @@ def fit_pca(features: DataFrame, k: int | None = None, target_variance: float = 
 
 
 def write_projection(
-    spark: SparkSession, features: DataFrame, pca: PcaResult, uri: str, name: str, endpoint_url: str | None
+    spark: SparkSession, features: DataFrame, pca: PcaResult, *, uri: str, name: str, endpoint_url: str | None
 ) -> list[str]:
     """Project every image on the first k components and write ``uri/part-NAME-N.parquet``, one PUT per part.
 

@@ -28,7 +28,7 @@ def test_good_rows_get_features_and_bad_rows_get_errors_in_input_order():
     contents = pd.Series([png((10, 20, 30)), b"", b"junk", png((200, 100, 0))])
     model = FakeModel()
     timings = BatchTimings()
-    result = featurize_batch(contents, model, FeaturizeSettings(image_size=8, batch_size=64), timings)
+    result = featurize_batch(contents, model, FeaturizeSettings(image_size=8, batch_size=64), timings=timings)
 
     assert list(result.columns) == ["features", "error_stage", "error"]
     assert result["error"].tolist()[1:3] == ["empty file (0 bytes)", "not a recognised image format"]

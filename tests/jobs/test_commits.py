@@ -51,12 +51,14 @@ def parts_of(storage, run_uri):
 
 def test_a_rerun_reuses_unchanged_rows_and_plans_the_rest(run_uri):
     storage = Storage()
-    first = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False)))
-    second = write_chunk(storage, run_uri, "fp", chunk_rows(("d", "1", False)))
-    other_settings = write_chunk(storage, run_uri, "old", chunk_rows(("e", "1", False)))
+    first = write_chunk(
+        storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False))
+    )
+    second = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("d", "1", False)))
+    other_settings = write_chunk(storage, run_uri, fingerprint="old", rows=chunk_rows(("e", "1", False)))
     now = [listed("a", "1"), listed("b", "1"), listed("c", "2"), listed("e", "1"), listed("f", "1")]
 
-    plan = plan_run(now, read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+    plan = plan_run(now, read_commits(storage, run_uri), fingerprint="fp", parts=parts_of(storage, run_uri))
 
     assert [f.path for f in plan.todo] == ["c", "e", "f"], "changed, other settings, new"
     assert plan.reused == 2
@@ -67,8 +69,10 @@ def test_a_rerun_reuses_unchanged_rows_and_plans_the_rest(run_uri):
 
 def test_compaction_keeps_live_rows_and_removes_the_old_chunk(run_uri):
     storage = Storage()
-    old = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False)))
-    new = compact(storage, run_uri, old, frozenset({"a", "b"}))
+    old = write_chunk(
+        storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False), ("b", "1", True), ("c", "1", False))
+    )
+    new = compact(storage, run_uri, commit=old, kept=frozenset({"a", "b"}))
     assert sorted(new.rows) == [("a", "1", "features"), ("b", "1", "errors")]
     assert read_commits(storage, run_uri) == [new]
     assert parts_of(storage, run_uri) == set(new.parts)
@@ -76,34 +80,41 @@ def test_compaction_keeps_live_rows_and_removes_the_old_chunk(run_uri):
 
 def test_a_commit_whose_part_is_gone_is_reported_and_its_images_redone(run_uri):
     storage = Storage()
-    commit = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False)))
+    commit = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False)))
     storage.delete(commit.features)
-    plan = plan_run([listed("a", "1")], read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+    plan = plan_run(
+        [listed("a", "1")], read_commits(storage, run_uri), fingerprint="fp", parts=parts_of(storage, run_uri)
+    )
     assert (plan.missing, [f.path for f in plan.todo]) == ([commit], ["a"])
 
 
 def test_an_image_in_two_commits_counts_once(run_uri):
     storage = Storage()
-    write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("b", "1", False)))
-    write_chunk(storage, run_uri, "fp", chunk_rows(("b", "1", False), ("c", "1", False)))
-    plan = plan_run([listed(p, "1") for p in "abc"], read_commits(storage, run_uri), "fp", parts_of(storage, run_uri))
+    write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False), ("b", "1", False)))
+    write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("b", "1", False), ("c", "1", False)))
+    plan = plan_run(
+        [listed(p, "1") for p in "abc"],
+        read_commits(storage, run_uri),
+        fingerprint="fp",
+        parts=parts_of(storage, run_uri),
+    )
     assert (plan.reused, plan.todo) == (3, [])
     assert [kept for _, kept in plan.compact] == [frozenset({"c"})]
 
 
 def test_leftover_parts_of_a_crash_are_removed(run_uri, tmp_path):
     storage = Storage()
-    live = write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False)))
+    live = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False)))
     crashed = tmp_path / "run" / "features" / "part-fp-crashed.parquet"
     crashed.write_bytes(b"half")
-    assert remove_leftovers(storage, run_uri, [live], []) == 1
+    assert remove_leftovers(storage, run_uri, live=[live], obsolete=[]) == 1
     assert parts_of(storage, run_uri) == set(live.parts)
 
 
 def test_chunk_accounting_is_checked_before_the_commit_is_written(run_uri):
     storage = Storage()
     with pytest.raises(RuntimeError, match="chunk accounting failed"):
-        write_chunk(storage, run_uri, "fp", chunk_rows(("a", "1", False), ("a", "1", False)))
+        write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False), ("a", "1", False)))
     assert read_commits(storage, run_uri) == []
 
 
@@ -116,29 +127,29 @@ def lock_place(request, tmp_path, s3, bucket, moto_endpoint):
 
 def test_one_writer_per_run_id(lock_place):
     storage, run_uri = lock_place
-    first = RunLock(storage, run_uri, timedelta(hours=1))
+    first = RunLock(storage, run_uri, ttl=timedelta(hours=1))
     first.acquire()
     with pytest.raises(LockHeldError, match=r"being written by .*@.* pid \d+ since .* --break-lock"):
-        RunLock(storage, run_uri, timedelta(hours=1)).acquire()
+        RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()
     first.release()
-    second = RunLock(storage, run_uri, timedelta(hours=1))
+    second = RunLock(storage, run_uri, ttl=timedelta(hours=1))
     second.acquire()
     second.release()
 
 
 def test_a_dead_runs_lock_expires_or_is_broken(lock_place):
     storage, run_uri = lock_place
-    dead = RunLock(storage, run_uri, timedelta(hours=1))
+    dead = RunLock(storage, run_uri, ttl=timedelta(hours=1))
     dead.acquire()
-    breaker = RunLock(storage, run_uri, timedelta(hours=1), break_lock=True)
+    breaker = RunLock(storage, run_uri, ttl=timedelta(hours=1), break_lock=True)
     breaker.acquire()
     dead.release()
     assert json.loads(storage.read_bytes(f"{run_uri}/_lock"))["holder"], "the dead run cannot release a lock it lost"
     breaker.release()
 
-    expired = RunLock(storage, run_uri, timedelta(seconds=-1))
+    expired = RunLock(storage, run_uri, ttl=timedelta(seconds=-1))
     expired.acquire()
-    taker = RunLock(storage, run_uri, timedelta(hours=1))
+    taker = RunLock(storage, run_uri, ttl=timedelta(hours=1))
     taker.acquire()
     assert storage.etag(f"{run_uri}/_lock") == taker.etag
     taker.release()
@@ -154,8 +165,8 @@ def test_a_lock_whose_process_died_on_this_host_is_taken_over(tmp_path):
     dead_pid = process.pid
     body = {"holder": "x", "host": platform.node(), "pid": dead_pid, "expires_at": "2999-01-01T00:00:00+00:00"}
     storage.create(f"{run_uri}/_lock", json.dumps(body).encode())
-    RunLock(storage, run_uri, timedelta(hours=1)).acquire()
+    RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()
     body["host"] = "another-host"
     (tmp_path / "run" / "_lock").write_text(json.dumps(body))
     with pytest.raises(LockHeldError):
-        RunLock(storage, run_uri, timedelta(hours=1)).acquire()
+        RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()

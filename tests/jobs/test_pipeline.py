@@ -64,7 +64,7 @@ def test_pca_and_its_projection_match_numpy(spark, tmp_path):
     assert result.k == pipeline.choose_k(expected_ratio, 0.95)
     np.testing.assert_allclose(result.explained_variance, expected_ratio, atol=1e-6)
 
-    parts = pipeline.write_projection(spark, df, result, f"file:{tmp_path}/pca", "t", None)
+    parts = pipeline.write_projection(spark, df, result, uri=f"file:{tmp_path}/pca", name="t", endpoint_url=None)
     rows = sorted(
         (row for part in parts for row in pq.read_table(part.removeprefix("file:")).to_pylist()),
         key=lambda row: int(row["path"][1:]),
@@ -95,7 +95,9 @@ def test_featurize_stage_commits_chunks_that_read_back_as_features(spark, sample
     task = pipeline.make_featurize_task(
         settings, FetchSettings(max_in_flight=3), pipeline.ChunkSettings(run_uri, "fp", commit_every=4)
     )
-    committed = pipeline.featurize(spark, listed, f"file:{tmp_path}/images", 2, task).collect()
+    committed = pipeline.featurize(
+        spark, listed, root=f"file:{tmp_path}/images", tasks=2, featurize_task=task
+    ).collect()
 
     assert sum(row.featurized for row in committed) == 5 and sum(row.errors for row in committed) == 1
     commits = read_commits(storage, run_uri)
