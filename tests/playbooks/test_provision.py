@@ -125,6 +125,19 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     ingress = {(p["IpProtocol"], p.get("FromPort")): p for p in group["IpPermissions"]}
     assert [r["CidrIp"] for r in ingress[("tcp", 22)]["IpRanges"]] == [OPERATOR_CIDR]
     assert ingress[("tcp", 22)]["Ipv6Ranges"] == []
+
+    cloudwatch = client("cloudwatch", endpoint)
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix="fruitcloud-")["MetricAlarms"]}
+    assert sorted(alarms) == ["fruitcloud-fruitcloud-master-idle-stop", "fruitcloud-fruitcloud-worker-1-idle-stop"]
+    idle = alarms["fruitcloud-fruitcloud-master-idle-stop"]
+    assert (idle["Namespace"], idle["MetricName"], idle["Statistic"], idle["ComparisonOperator"]) == (
+        "AWS/EC2",
+        "CPUUtilization",
+        "Average",
+        "LessThanThreshold",
+    )
+    assert (idle["Threshold"], idle["Period"], idle["EvaluationPeriods"]) == (5.0, 300, 12), "60 min under 5 %"
+    assert idle["AlarmActions"] == ["arn:aws:automate:eu-west-1:ec2:stop"]
     assert [g["GroupId"] for g in ingress[("-1", None)]["UserIdGroupPairs"]] == [group["GroupId"]]
     assert set(ingress) == {("tcp", 22), ("-1", None)}, "no Jupyter or other port open"
 
@@ -190,6 +203,7 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert iam.list_roles()["Roles"] == []
     assert iam.list_instance_profiles()["InstanceProfiles"] == []
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [BUCKET], "bucket kept unless asked"
+    assert client("cloudwatch", endpoint).describe_alarms()["MetricAlarms"] == []
 
     again = run_playbook(
         "teardown.yml",
@@ -274,6 +288,65 @@ def test_wide_or_invalid_ssh_cidr_is_refused_before_any_aws_call(fresh_aws, cidr
         "aws_infra_allow_ssh_from_anywhere=false",
     )
     refused_before_any_change(run, endpoint, message)
+
+
+def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
+    """Budget alarm and e-mail topic, spot hosts through a launch template, the SSH rule replaced, stop."""
+    endpoint, directory = fresh_aws
+    inventory = localhost_inventory(directory)
+    options = provision_vars(
+        endpoint,
+        directory,
+        aws_infra_market="spot",
+        aws_infra_alarm_email="ops@example.com",
+        aws_infra_monthly_budget_usd=10,
+        aws_infra_idle_minutes=90,
+    )
+    first = run_playbook("provision.yml", inventory, options)
+    assert first.returncode == 0, first.output[-4000:]
+    assert "idle guard: each host stops after 90 min under 5 % CPU" in first.output
+
+    topics = client("sns", endpoint).list_topics()["Topics"]
+    [topic] = [t["TopicArn"] for t in topics if t["TopicArn"].endswith(":fruitcloud-alarms")]
+    [subscription] = client("sns", endpoint).list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", "ops@example.com")
+    [idle] = client("cloudwatch", endpoint).describe_alarms(AlarmNamePrefix="fruitcloud-")["MetricAlarms"]
+    assert (idle["EvaluationPeriods"], idle["AlarmActions"]) == (18, ["arn:aws:automate:eu-west-1:ec2:stop", topic])
+    billing = boto3.client("cloudwatch", endpoint_url=endpoint, region_name="us-east-1")
+    [budget] = billing.describe_alarms(AlarmNames=["fruitcloud-monthly-charges"])["MetricAlarms"]
+    assert (budget["Namespace"], budget["MetricName"], budget["Threshold"]) == ("AWS/Billing", "EstimatedCharges", 10.0)
+    assert (budget["Dimensions"], budget["AlarmActions"]) == ([{"Name": "Currency", "Value": "USD"}], [topic])
+
+    ec2 = client("ec2", endpoint)
+    [template] = ec2.describe_launch_templates(LaunchTemplateNames=["fruitcloud-spot"])["LaunchTemplates"]
+    [version] = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
+        "LaunchTemplateVersions"
+    ]
+    assert version["LaunchTemplateData"]["InstanceMarketOptions"] == {
+        "MarketType": "spot",
+        "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"},
+    }
+
+    again = run_playbook("provision.yml", inventory, options)
+    assert again.returncode == 0 and again.recap()["changed"] == 0, again.output[-4000:]
+
+    moved = run_playbook("provision.yml", inventory, {**options, "aws_infra_ssh_cidr": "203.0.113.9/32"})
+    assert moved.returncode == 0, moved.output[-4000:]
+    [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
+    [ssh_rule] = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
+    assert [r["CidrIp"] for r in ssh_rule["IpRanges"]] == ["203.0.113.9/32"], "the old operator IP is gone"
+
+    stopped = run_playbook("power.yml", inventory, {**options, "fruitcloud_power": "stopped"})
+    assert stopped.returncode == 0, stopped.output[-4000:]
+    states = {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states == {"stopped"}
+
+    down = run_playbook("teardown.yml", inventory, options)
+    assert down.returncode == 0, down.output[-4000:]
+    assert client("cloudwatch", endpoint).describe_alarms()["MetricAlarms"] == []
+    assert billing.describe_alarms()["MetricAlarms"] == []
+    assert not [t for t in client("sns", endpoint).list_topics()["Topics"] if "fruitcloud" in t["TopicArn"]]
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == []
 
 
 def test_switches_typed_on_the_command_line_take_effect(fresh_aws):

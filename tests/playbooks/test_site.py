@@ -69,6 +69,11 @@ def flow_inventory(directory, endpoint, port, test_weights):
     return inventory
 
 
+def instance_states(endpoint: str) -> set[str]:
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
+    return {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+
+
 def ssh(port: int, key, known_hosts, command: str) -> str:
     """Run a command on the stand-in as the README's user does: ubuntu, the key pair, a known host key."""
     result = subprocess.run(
@@ -149,6 +154,10 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         failing = run_playbook(
             "run_job.yml", inventory, {**extra_vars, "job_run_id": "broken", "job_input": f"s3a://{BUCKET}/nothing/"}
         )
+        stopped = run_playbook("power.yml", inventory, {**extra_vars, "fruitcloud_power": "stopped"})
+        stopped_states = instance_states(endpoint)
+        started = run_playbook("power.yml", inventory, {**extra_vars, "fruitcloud_power": "running"})
+        started_states = instance_states(endpoint)
     assert "3976 files uploaded, 0 unchanged, 24 classes" in run.output
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
@@ -177,6 +186,13 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "stage_seconds.png",
     ]
     assert "images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
+
+    # Stop and start: moto changes the state; the started host is found again by the refreshed
+    # inventory and check.yml sees Jupyter answer on it, over SSH.
+    assert stopped.returncode == 0 and stopped_states == {"stopped"}, stopped.output[-3000:]
+    assert started.returncode == 0 and started_states == {"running"}, started.output[-3000:]
+    assert "TASK [Ask JupyterLab for its API status on 127.0.0.1]" in started.output
+    assert started.recap(HOST)["failed"] == 0
 
     assert failing.returncode != 0
     assert "spark-submit exited with 1" in failing.output
