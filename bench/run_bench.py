@@ -320,10 +320,10 @@ def main() -> int:
     return 0
 
 
-def cost_of_a_million(per_image_s: float, workers: int) -> tuple[float, float]:
-    """Hours and USD for 1M images: compute on 1 + workers t2.medium (t2 Unlimited surplus included) + S3 requests."""
-    hosts = 1 + workers
-    hours = 1_000_000 * per_image_s / max(workers, 1) / 3600
+def cost_of_a_million(per_image_s: float, hosts: int, workers: int) -> tuple[float, float]:
+    """Hours and USD for 1M images on ``hosts`` t2.medium, ``workers`` of them featurizing (t2 Unlimited surplus
+    included), plus S3 requests."""
+    hours = 1_000_000 * per_image_s / workers / 3600
     # Sustained 100 % CPU on 2 vCPUs against a 20 % baseline: 1.6 surplus vCPU-hours per host-hour.
     compute = hours * hosts * (T2_MEDIUM_USD_HOUR + 1.6 * T2_SURPLUS_USD_VCPU_HOUR)
     requests = 1_000_000 * (S3_GET_USD_PER_1000 / 1000) + 2_000 * (S3_PUT_USD_PER_1000 / 1000)
@@ -442,8 +442,8 @@ def summarize(results: dict) -> str:
         "| layout | hours | USD |",
         "|---|---:|---:|",
     ]
-    for label, workers in (("one t2.medium (local mode)", 1), ("master + 4 t2.medium workers", 4)):
-        hours, usd = cost_of_a_million(featurize_per_image + rest_per_image, workers)
+    for label, hosts, workers in (("one t2.medium (local mode)", 1, 1), ("master + 4 t2.medium workers", 5, 4)):
+        hours, usd = cost_of_a_million(featurize_per_image + rest_per_image, hosts, workers)
         lines.append(f"| {label} | {hours:.1f} | {usd:.2f} |")
     lines.append("")
     return "\n".join(lines)
