@@ -21,12 +21,6 @@ class ImageDecodeError(ValueError):
     """An input file that cannot become an image; its message is user-readable."""
 
 
-def image_path_glob() -> str:
-    """Hadoop glob matching image extensions case-insensitively (``*.{[jJ][pP][gG],...}``)."""
-    alternatives = ",".join("".join(f"[{c.lower()}{c.upper()}]" for c in ext) for ext in IMAGE_EXTENSIONS)
-    return f"*.{{{alternatives}}}"
-
-
 def has_image_extension(path: str) -> bool:
     return path.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS if "." in path else False
 

@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, VectorSlicer
-from pyspark.ml.functions import array_to_vector
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -226,8 +226,6 @@ def write_projection(
         part = join(uri, f"part-{name}-{TaskContext.get().partitionId():05d}.parquet")
         Storage(endpoint_url).write_bytes(part, buffer.getvalue())
         yield pd.DataFrame({"part": [part]})
-
-    from pyspark.ml.functions import vector_to_array
 
     arrays = features.select("path", "label", vector_to_array("features", "float32").alias("features"))
     return [row.part for row in arrays.mapInPandas(project, "part string").collect()]

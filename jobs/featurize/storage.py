@@ -10,7 +10,6 @@ instance profile through IMDS on EC2) and uses the endpoint of
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,12 +222,6 @@ class Storage:
             chunk = [split_s3(uri) for uri in s3_uris[start : start + 1000]]
             objects = [{"Key": key} for _, key in chunk]
             self.s3.delete_objects(Bucket=chunk[0][0], Delete={"Objects": objects, "Quiet": True})
-
-    def delete_tree(self, uri: str) -> None:
-        if is_s3(uri):
-            self.delete_many([file.path for file in self.list_files(uri)])
-        else:
-            shutil.rmtree(local_path(uri), ignore_errors=True)
 
     def list_files(self, uri: str) -> list[ListedFile]:
         """Every file under the folder ``uri``, recursively, sorted by path: one LIST request per 1,000 on S3.
