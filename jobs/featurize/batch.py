@@ -18,7 +18,7 @@ RESULT_COLUMNS = ["features", "error_stage", "error"]
 class FeaturizeSettings:
     weights: str = "imagenet"
     image_size: int = 224
-    batch_size: int = 32
+    batch_size: int = 8
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     tf_threads: int = 1

@@ -100,7 +100,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--image-size", type=_bounded_int(32, 512), default=224, help="CNN input size (default: 224)")
     parser.add_argument(
-        "--batch-size", type=_bounded_int(1, 512), default=32, help="images per CNN call (default: %(default)s)"
+        "--batch-size",
+        type=_bounded_int(1, 512),
+        default=8,
+        # One TensorFlow thread per task gains nothing from larger batches, and their
+        # activations cost memory: 8 was fastest and smallest at 224 px (docs/performance.md).
+        help="images per CNN call (default: %(default)s)",
     )
     pca = parser.add_mutually_exclusive_group()
     pca.add_argument(

@@ -61,6 +61,8 @@ class RunContext:
     fingerprint: str
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     clock: StageClock = field(default_factory=StageClock)
+    warm_up: WarmUp | None = None
+    models_built_by_featurize: int = 0
     worker_cpu_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "cnn": 0.0})
 
     @property
@@ -121,6 +123,43 @@ def check_locations(run: RunContext) -> None:
     run.storage.check_writable(run.run_uri)
 
 
+class WarmUp:
+    """Builds the model in the executors' Python workers while the driver lists, locks and plans.
+
+    A failure here is only logged: the featurize tasks build the model
+    themselves and report the real error.
+    """
+
+    GROUP = "fruitcloud-warm-up"
+
+    def __init__(self, spark, settings: FeaturizeSettings):
+        from pyspark import InheritableThread
+
+        self.spark = spark
+        self.workers = 0
+        self.seconds = 0.0
+        self._thread = InheritableThread(target=self._run, args=(settings,), daemon=True)
+        self._thread.start()
+
+    def _run(self, settings: FeaturizeSettings) -> None:
+        from featurize import pipeline
+
+        self.spark.sparkContext.setJobGroup(self.GROUP, "build the CNN in every Python worker", True)
+        started = time.perf_counter()
+        try:
+            self.workers = pipeline.warm_up_workers(self.spark, settings)
+        except Exception as exc:  # the featurize stage raises the real error, with its context
+            log.warning("warming up the Python workers failed; the featurize tasks build the model: %s", exc)
+        self.seconds = time.perf_counter() - started
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def cancel(self) -> None:
+        self.spark.sparkContext.cancelJobGroup(self.GROUP)
+        self._thread.join()
+
+
 @dataclass(frozen=True)
 class Inputs:
     files: int
@@ -142,16 +181,20 @@ def list_inputs(run: RunContext) -> Inputs:
 def run(spark, args: argparse.Namespace) -> dict:
     """Run the pipeline and return the manifest it wrote (or the unchanged one, when nothing changed)."""
     context = prepare(spark, args)
-    check_locations(context)
-    inputs = list_inputs(context)
-    lock = RunLock(
-        context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
-    )
-    lock.acquire()
+    context.warm_up = WarmUp(spark, context.settings)
     try:
-        return run_locked(context, inputs)
+        check_locations(context)
+        inputs = list_inputs(context)
+        lock = RunLock(
+            context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
+        )
+        lock.acquire()
+        try:
+            return run_locked(context, inputs)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        context.warm_up.cancel()
 
 
 def make_plan(run: RunContext, images: list[ListedFile]) -> Plan:
@@ -197,12 +240,21 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
     if not todo:
         return
     sc = run.spark.sparkContext
-    decode_seconds, cnn_seconds = sc.accumulator(0.0), sc.accumulator(0.0)
+    decode_seconds, cnn_seconds, models_built = sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0)
     tasks = pipeline.task_count(run.spark, len(todo), run.args.files_per_partition)
     chunks = pipeline.ChunkSettings(run.run_uri, run.fingerprint, run.args.commit_every)
     task = pipeline.make_featurize_task(
-        run.settings, run.fetch, chunks, decode_seconds=decode_seconds, cnn_seconds=cnn_seconds
+        run.settings,
+        run.fetch,
+        chunks,
+        decode_seconds=decode_seconds,
+        cnn_seconds=cnn_seconds,
+        models_built=models_built,
     )
+    if run.warm_up:
+        with run.clock.stage("warm_up") as details:
+            run.warm_up.wait()
+            details.update(workers=run.warm_up.workers, job_s=round(run.warm_up.seconds, 1))
     with run.clock.stage("featurize") as details:
         started = time.perf_counter()
         committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
@@ -215,8 +267,10 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
             errors=sum(row.errors for row in committed),
             decode_cpu_s=round(decode_seconds.value, 1),
             cnn_cpu_s=round(cnn_seconds.value, 1),
+            models_built=models_built.value,
         )
     run.worker_cpu_seconds = {"decode": decode_seconds.value, "cnn": cnn_seconds.value}
+    run.models_built_by_featurize = models_built.value
 
 
 def verify(run: RunContext, inputs: Inputs) -> list[Commit]:
@@ -356,6 +410,11 @@ def make_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Co
         timing={
             "stages_seconds": run.clock.seconds,
             "worker_cpu_seconds": run.worker_cpu_seconds,
+            "warm_up": {
+                "python_workers": run.warm_up.workers if run.warm_up else 0,
+                "seconds": round(run.warm_up.seconds, 3) if run.warm_up else 0.0,
+                "models_built_by_featurize_tasks": run.models_built_by_featurize,
+            },
         },
         outputs={"pca_parts": pca_parts, "commits": [commit.uri for commit in live]},
     )

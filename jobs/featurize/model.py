@@ -97,6 +97,10 @@ def build_extractor(weights: str, image_size: int, threads: int) -> Extractor:
 _WORKER_EXTRACTORS: dict[tuple[str, int, int], Extractor] = {}
 
 
+def built_in_this_worker(weights: str, image_size: int, threads: int) -> bool:
+    return (weights, image_size, threads) in _WORKER_EXTRACTORS
+
+
 def worker_extractor(weights: str, image_size: int, threads: int) -> Extractor:
     """The extractor of this Python worker, built on first use and then reused.
 

@@ -25,7 +25,7 @@ from pyspark.sql import types as T
 from featurize.batch import BatchTimings, FeaturizeSettings, featurize_fetched
 from featurize.commits import Commit, write_chunk
 from featurize.fetch import FetchSettings, fetch_ahead
-from featurize.model import worker_extractor
+from featurize.model import built_in_this_worker, worker_extractor
 from featurize.storage import ListedFile, Storage, join
 
 TODO_SCHEMA = T.StructType(
@@ -79,16 +79,27 @@ def task_count(spark: SparkSession, images: int, files_per_partition: int) -> in
 
 
 def make_featurize_task(
-    settings: FeaturizeSettings, fetch: FetchSettings, chunks: ChunkSettings, *, decode_seconds=None, cnn_seconds=None
+    settings: FeaturizeSettings,
+    fetch: FetchSettings,
+    chunks: ChunkSettings,
+    *,
+    decode_seconds=None,
+    cnn_seconds=None,
+    models_built=None,
 ):
     """The pandas function of the featurize stage: images to fetch in, one row per committed chunk out.
 
     Reads run ahead of the CNN (fetch_ahead); every ``commit_every`` images the
     task commits a chunk, so a crash loses at most that much work per task.
-    The model is built once per Python worker and reused by its later tasks.
+    The model is built once per Python worker (by warm_up_workers, or else by
+    the worker's first task, counted in ``models_built``) and reused.
     """
 
     def featurize_task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        if models_built is not None and not built_in_this_worker(
+            settings.weights, settings.image_size, settings.tf_threads
+        ):
+            models_built.add(1)
         extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
         storage = Storage(fetch.endpoint_url)
         listed: dict[str, tuple] = {}
@@ -123,6 +134,26 @@ def _commit(storage: Storage, chunks: ChunkSettings, pending: list[pd.DataFrame]
     commit = write_chunk(storage, chunks.run_uri, fingerprint=chunks.fingerprint, rows=rows)
     failed = int(rows["reason"].notna().sum())
     return pd.DataFrame({"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed]})
+
+
+def warm_up_workers(spark: SparkSession, settings: FeaturizeSettings) -> int:
+    """Build the model and compile its call in one Python worker per task slot; return how many were warmed.
+
+    Spark keeps idle Python workers and hands them the next tasks
+    (spark.python.worker.reuse), so the featurize tasks that follow find the
+    model built (worker_extractor) instead of each paying the TensorFlow import,
+    the model build and the first traced call at their start.
+    """
+    slots = max(spark.sparkContext.defaultParallelism, 1)
+
+    def warm(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
+        extract(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
+        for _ in batches:
+            pass
+        yield pd.DataFrame({"warmed": [1]})
+
+    return len(spark.range(slots, numPartitions=slots).mapInPandas(warm, "warmed long").collect())
 
 
 def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tasks: int, featurize_task) -> DataFrame:

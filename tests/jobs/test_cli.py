@@ -8,7 +8,7 @@ def test_defaults():
     assert (args.weights, args.image_size, args.batch_size, args.pca_variance, args.pca_k) == (
         "imagenet",
         224,
-        32,
+        8,
         0.95,
         None,
     )

@@ -72,7 +72,13 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
     assert choose_k(spectrum, 0.9) == k
     assert sum(spectrum[:k]) == pytest.approx(manifest["pca"]["explained_variance_at_k"])
     assert sum(spectrum[:k]) >= 0.9 > sum(spectrum[: k - 1])
-    assert set(manifest["timing"]["stages_seconds"]) >= {"list", "plan", "featurize", "verify", "pca_fit"}
+    assert set(manifest["timing"]["stages_seconds"]) >= {"list", "plan", "warm_up", "featurize", "verify", "pca_fit"}
+    # Both task slots' Python workers got the model while the driver listed; no featurize task built its own.
+    assert manifest["timing"]["warm_up"] | {"seconds": None} == {
+        "python_workers": 2,
+        "seconds": None,
+        "models_built_by_featurize_tasks": 0,
+    }
 
     report_keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="runs/e2e/report/")["Contents"]]
     pngs = sorted(key.rsplit("/", 1)[-1] for key in report_keys if key.endswith(".png"))
