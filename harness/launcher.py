@@ -96,6 +96,7 @@ def spark_submit_command(
     driver_memory: str = "1g",
     extra_conf: dict[str, str] | None = None,
     spark_log_level: str = "INFO",
+    driver_java_options: tuple[str, ...] = (),
 ) -> list[str]:
     """The spark-submit line; ``spark_log_level="WARN"`` keeps Spark's own lines out of the console."""
     spark_submit = Path(sys.executable).with_name("spark-submit")
@@ -112,9 +113,12 @@ def spark_submit_command(
         str(job_zip),
     ]
     conf = {**s3a_conf(endpoint), **(extra_conf or {})}
+    java_options = list(driver_java_options)
     if spark_log_level == "WARN":
-        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+        java_options.append(f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
         conf["spark.ui.showConsoleProgress"] = str(sys.stderr.isatty()).lower()
+    if java_options:
+        conf["spark.driver.extraJavaOptions"] = " ".join(java_options)
     for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(JOBS / "featurize_images.py"), *job_args]

@@ -45,3 +45,16 @@ def test_every_input_is_declared_defaulted_and_used(role):
     text = role_text(role)
     unused = {name for name in declared if len(re.findall(rf"\b{name}\b", text)) < 2 - (name in required)}
     assert not unused, f"declared but never read: {sorted(unused)}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role.name)
+def test_documented_defaults_are_the_defaults(role):
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+    # Templated defaults ("{{ ... }}") are described in words in argument_specs, not repeated.
+    wrong = {
+        name: (spec["default"], defaults[name])
+        for name, spec in specs(role).items()
+        if "default" in spec and name in defaults and "{{" not in str(defaults[name])
+        if spec["default"] != defaults[name]
+    }
+    assert not wrong, f"argument_specs default != defaults/main.yml: {wrong}"

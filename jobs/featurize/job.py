@@ -29,6 +29,8 @@ from featurize.storage import ListedFile, Storage, is_s3, join, local_path
 
 log = logging.getLogger("featurize")
 
+ARROW_BATCH_ROWS = 1024
+
 
 class StageClock:
     """Times stages and logs one line per stage with its counts, so long runs show progress."""
@@ -103,7 +105,9 @@ def prepare(spark, args: argparse.Namespace) -> RunContext:
         max_decode_bytes=args.max_decode_mb * 2**20,
         tf_threads=args.tf_threads or int(conf.get("spark.task.cpus", "1")),
     )
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.batch_size))
+    # The UDFs exchange paths and chunk summaries, or features read back (5 KB a row):
+    # Spark's 10,000 rows would hold 50 MB of features per batch, tiny batches cost calls.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     storage = Storage(endpoint)
     return RunContext(
         spark=spark,
@@ -135,19 +139,24 @@ class WarmUp:
     def __init__(self, spark, settings: FeaturizeSettings):
         from pyspark import InheritableThread
 
+        from featurize.pipeline import warm_up_frame
+
+        # The plan is built here and only collected in the thread: building it imports
+        # pyspark.ml and pandas UDF modules, and a run deadlocked when that thread and the
+        # main thread (botocore) imported at once (setuptools' vendored importer, pulled in
+        # by pyspark.ml, escapes Python's import locks).
+        frame = warm_up_frame(spark, settings)
         self.spark = spark
         self.workers = 0
         self.seconds = 0.0
-        self._thread = InheritableThread(target=self._run, args=(settings,), daemon=True)
+        self._thread = InheritableThread(target=self._run, args=(frame,), daemon=True)
         self._thread.start()
 
-    def _run(self, settings: FeaturizeSettings) -> None:
-        from featurize import pipeline
-
+    def _run(self, frame) -> None:
         self.spark.sparkContext.setJobGroup(self.GROUP, "build the CNN in every Python worker", True)
         started = time.perf_counter()
         try:
-            self.workers = pipeline.warm_up_workers(self.spark, settings)
+            self.workers = len(frame.collect())
         except Exception as exc:  # the featurize stage raises the real error, with its context
             log.warning("warming up the Python workers failed; the featurize tasks build the model: %s", exc)
         self.seconds = time.perf_counter() - started
@@ -181,9 +190,9 @@ def list_inputs(run: RunContext) -> Inputs:
 def run(spark, args: argparse.Namespace) -> dict:
     """Run the pipeline and return the manifest it wrote (or the unchanged one, when nothing changed)."""
     context = prepare(spark, args)
+    check_locations(context)
     context.warm_up = WarmUp(spark, context.settings)
     try:
-        check_locations(context)
         inputs = list_inputs(context)
         lock = RunLock(
             context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
@@ -325,7 +334,8 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
             manifest["outputs"]["report"] = report
             details.update(uri=report)
     finally:
-        features.unpersist()
+        # Blocking: spark.stop() follows, and would race the removal of the blocks (warnings on the console).
+        features.unpersist(blocking=True)
     # Written last: a run without manifest.json is not complete, whatever else is there.
     run.storage.write_bytes(run.manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
     log.info(

@@ -91,7 +91,7 @@ def make_featurize_task(
 
     Reads run ahead of the CNN (fetch_ahead); every ``commit_every`` images the
     task commits a chunk, so a crash loses at most that much work per task.
-    The model is built once per Python worker (by warm_up_workers, or else by
+    The model is built once per Python worker (by warm_up_frame, or else by
     the worker's first task, counted in ``models_built``) and reused.
     """
 
@@ -111,16 +111,18 @@ def make_featurize_task(
                     yield row.path, row.size_bytes, row.etag
 
         fetched = fetch_ahead(files(), fetch)
-        pending: list[pd.DataFrame] = []
+        pending: list[tuple] = []
         while group := list(islice(fetched, settings.batch_size)):
             timings = BatchTimings()
-            results = featurize_fetched(group, extract, settings, timings=timings)
-            identity = pd.DataFrame([listed.pop(item.path)._asdict() for item in group])
-            pending.append(pd.concat([identity, results], axis=1))
+            outcomes = featurize_fetched(group, extract, settings, timings=timings)
+            pending += [
+                (*listed.pop(item.path), outcome.features, outcome.stage, outcome.reason)
+                for item, outcome in zip(group, outcomes, strict=True)
+            ]
             if decode_seconds is not None:
                 decode_seconds.add(timings.decode_seconds)
                 cnn_seconds.add(timings.cnn_seconds)
-            if sum(map(len, pending)) >= chunks.commit_every:
+            if len(pending) >= chunks.commit_every:
                 yield _commit(storage, chunks, pending)
                 pending = []
         if pending:
@@ -129,15 +131,15 @@ def make_featurize_task(
     return featurize_task
 
 
-def _commit(storage: Storage, chunks: ChunkSettings, pending: list[pd.DataFrame]) -> pd.DataFrame:
-    rows = pd.concat(pending, ignore_index=True)
+def _commit(storage: Storage, chunks: ChunkSettings, pending: list[tuple]) -> pd.DataFrame:
+    rows = pd.DataFrame(pending, columns=[*TODO_SCHEMA.names, "features", "stage", "reason"])
     commit = write_chunk(storage, chunks.run_uri, fingerprint=chunks.fingerprint, rows=rows)
     failed = int(rows["reason"].notna().sum())
     return pd.DataFrame({"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed]})
 
 
-def warm_up_workers(spark: SparkSession, settings: FeaturizeSettings) -> int:
-    """Build the model and compile its call in one Python worker per task slot; return how many were warmed.
+def warm_up_frame(spark: SparkSession, settings: FeaturizeSettings) -> DataFrame:
+    """One row per task slot, each from a task that builds the model and compiles its call in its Python worker.
 
     Spark keeps idle Python workers and hands them the next tasks
     (spark.python.worker.reuse), so the featurize tasks that follow find the
@@ -153,7 +155,7 @@ def warm_up_workers(spark: SparkSession, settings: FeaturizeSettings) -> int:
             pass
         yield pd.DataFrame({"warmed": [1]})
 
-    return len(spark.range(slots, numPartitions=slots).mapInPandas(warm, "warmed long").collect())
+    return spark.range(slots, numPartitions=slots).mapInPandas(warm, "warmed long")
 
 
 def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tasks: int, featurize_task) -> DataFrame:

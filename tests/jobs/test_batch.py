@@ -1,8 +1,8 @@
 import io
 
 import numpy as np
-import pandas as pd
-from featurize.batch import BatchTimings, FeaturizeSettings, featurize_batch
+from featurize.batch import BatchTimings, FeaturizeSettings, Outcome, featurize_contents, featurize_fetched
+from featurize.fetch import Fetched
 from PIL import Image
 
 
@@ -24,33 +24,57 @@ class FakeModel:
         return np.tile(channel_means, (1, 1280 // 3 + 1))[:, :1280].astype(np.float32)
 
 
-def test_good_rows_get_features_and_bad_rows_get_errors_in_input_order():
-    contents = pd.Series([png((10, 20, 30)), b"", b"junk", png((200, 100, 0))])
+def test_good_images_get_features_and_bad_ones_errors_in_input_order():
+    contents = [png((10, 20, 30)), b"", b"junk", png((200, 100, 0))]
     model = FakeModel()
     timings = BatchTimings()
-    result = featurize_batch(contents, model, FeaturizeSettings(image_size=8, batch_size=64), timings=timings)
+    outcomes = featurize_contents(contents, model, FeaturizeSettings(image_size=8, batch_size=64), timings=timings)
 
-    assert list(result.columns) == ["features", "error_stage", "error"]
-    assert result["error"].tolist()[1:3] == ["empty file (0 bytes)", "not a recognised image format"]
-    assert result["error_stage"].tolist() == [None, "decode", "decode", None]
-    assert result["features"][1] is None and result["features"][2] is None
-    np.testing.assert_allclose(result["features"][0][:3], [10, 20, 30])
-    np.testing.assert_allclose(result["features"][3][:3], [200, 100, 0])
-    assert len(result["features"][0]) == 1280
+    assert [(o.stage, o.reason) for o in outcomes] == [
+        (None, None),
+        ("decode", "empty file (0 bytes)"),
+        ("decode", "not a recognised image format"),
+        (None, None),
+    ]
+    assert outcomes[1].features is None and outcomes[2].features is None
+    np.testing.assert_allclose(outcomes[0].features[:3], [10, 20, 30])
+    np.testing.assert_allclose(outcomes[3].features[:3], [200, 100, 0])
+    assert len(outcomes[0].features) == 1280
     assert model.batch_sizes == [2]
     assert timings.decode_seconds > 0 and timings.cnn_seconds > 0
 
 
 def test_model_is_called_in_chunks_of_batch_size():
-    contents = pd.Series([png((i, i, i)) for i in range(10)])
+    contents = [png((i, i, i)) for i in range(10)]
     model = FakeModel()
-    result = featurize_batch(contents, model, FeaturizeSettings(image_size=8, batch_size=4))
+    outcomes = featurize_contents(contents, model, FeaturizeSettings(image_size=8, batch_size=4))
     assert model.batch_sizes == [4, 4, 2]
-    assert [round(float(v[0])) for v in result["features"]] == list(range(10))
+    assert [round(float(o.features[0])) for o in outcomes] == list(range(10))
 
 
 def test_a_batch_of_only_bad_files_never_calls_the_model():
     model = FakeModel()
-    result = featurize_batch(pd.Series([b"", b"x"]), model, FeaturizeSettings(image_size=8))
+    outcomes = featurize_contents([b"", b"x"], model, FeaturizeSettings(image_size=8))
     assert model.batch_sizes == []
-    assert result["error"].notna().all()
+    assert all(o.reason for o in outcomes)
+
+
+def test_read_errors_keep_their_place_among_decoded_images():
+    fetched = [
+        Fetched("a", None, "deleted after it was listed"),
+        Fetched("b", png((1, 2, 3)), None),
+        Fetched("c", b"junk", None),
+        Fetched("d", None, "empty file (0 bytes)"),
+        Fetched("e", png((7, 8, 9)), None),
+    ]
+    outcomes = featurize_fetched(fetched, FakeModel(), FeaturizeSettings(image_size=8))
+    assert [(o.stage, o.reason) for o in outcomes] == [
+        ("read", "deleted after it was listed"),
+        (None, None),
+        ("decode", "not a recognised image format"),
+        ("read", "empty file (0 bytes)"),
+        (None, None),
+    ]
+    np.testing.assert_allclose(outcomes[1].features[:3], [1, 2, 3])
+    np.testing.assert_allclose(outcomes[4].features[:3], [7, 8, 9])
+    assert outcomes[0] == Outcome(stage="read", reason="deleted after it was listed")
