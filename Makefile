@@ -8,14 +8,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CACHE := .cache
 
-# Offline source of the s3a jars: the PyPI sdist of sagemaker-pyspark ships
-# hadoop-aws 3.3.1 + aws-java-sdk-bundle 1.11.901, which work with Spark 3.5.3's
-# Hadoop 3.3.4 client (see README, "s3a jars"). Real hosts use the matched pair.
-SAGEMAKER_SDIST := sagemaker_pyspark-1.4.5.tar.gz
-SAGEMAKER_SDIST_SHA256 := 05ca2d5081d7138ce29a8fb0a9cba077f28c825288ed07aed46a82e63c0bf1fb
-HADOOP_AWS_SHA256 := 6be50ad8a8b445d2802381b085b2a3ede5c29d353450a6a21f16b2fefa962b6e
-AWS_SDK_BUNDLE_SHA256 := b87175b32a16544cc1b37cf40390eb375833e62bed67f8ce6cde4b7ad6429ead
-JARS := $(CACHE)/jars/hadoop-aws-3.3.1.jar $(CACHE)/jars/aws-java-sdk-bundle-1.11.901.jar
+# s3a jars for local runs: the s3a_jars role itself, on the controller (same
+# Maven coordinates and sha256 pins as on the hosts).
+JARS_STAMP := $(CACHE)/jars/.fetched
 
 .PHONY: help venv jars demo test test-fast test-python lint bench clean
 
@@ -30,21 +25,11 @@ $(BIN)/.installed: requirements/job.txt requirements/dev.txt
 
 venv: $(BIN)/.installed ## Create the virtualenv with pinned dependencies
 
-$(CACHE)/$(SAGEMAKER_SDIST): | $(BIN)/.installed
-	mkdir -p $(CACHE)
-	$(BIN)/pip download --quiet --no-deps --no-binary :all: --dest $(CACHE) sagemaker-pyspark==1.4.5
-	echo "$(SAGEMAKER_SDIST_SHA256)  $@" | sha256sum --check --quiet
+$(JARS_STAMP): $(BIN)/.installed scripts/fetch_s3a_jars.yml $(wildcard roles/s3a_jars/*/main.yml)
+	$(BIN)/ansible-playbook -i localhost, scripts/fetch_s3a_jars.yml
+	touch $@
 
-$(JARS) &: $(CACHE)/$(SAGEMAKER_SDIST)
-	mkdir -p $(CACHE)/jars
-	tar -xzf $< -C $(CACHE)/jars --strip-components=3 \
-		sagemaker_pyspark-1.4.5/deps/jars/hadoop-aws-3.3.1.jar \
-		sagemaker_pyspark-1.4.5/deps/jars/aws-java-sdk-bundle-1.11.901.jar
-	echo "$(HADOOP_AWS_SHA256)  $(CACHE)/jars/hadoop-aws-3.3.1.jar" | sha256sum --check --quiet
-	echo "$(AWS_SDK_BUNDLE_SHA256)  $(CACHE)/jars/aws-java-sdk-bundle-1.11.901.jar" | sha256sum --check --quiet
-	touch $(JARS)
-
-jars: $(JARS) ## Extract the pinned s3a jars (checksummed)
+jars: $(JARS_STAMP) ## Download the pinned s3a jars with the s3a_jars role (sha256-checked)
 
 demo: venv jars ## Run the job on the Fruits-360 sample against a local S3 (moto)
 	PYTHONPATH=jobs $(BIN)/python -m harness.demo

@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 QUIET_LOG4J = Path(__file__).with_name("log4j2-warn.properties")
 JOBS = REPO / "jobs"
+# Filled by `make jars` with the s3a_jars role, which keeps only the pinned versions there.
 JARS_DIR = REPO / ".cache" / "jars"
-S3A_JARS = ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
 SAMPLE_CANDIDATES = (
     REPO.parent / "shared" / "data" / "fruits-360-sample",
     Path("/work/shared/data/fruits-360-sample"),
@@ -37,10 +37,9 @@ def sample_images() -> Path:
 
 
 def s3a_jars() -> list[Path]:
-    jars = [JARS_DIR / name for name in S3A_JARS]
-    missing = [str(jar) for jar in jars if not jar.is_file()]
-    if missing:
-        raise FileNotFoundError(f"s3a jars missing ({', '.join(missing)}): run `make jars`")
+    jars = sorted(JARS_DIR.glob("*.jar"))
+    if not any(jar.name.startswith("hadoop-aws-") for jar in jars):
+        raise FileNotFoundError(f"s3a jars missing in {JARS_DIR}: run `make jars`")
     return jars
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -64,3 +65,47 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
             os.killpg(process.pid, signal.SIGKILL)
         if log_path:
             log.close()
+
+
+HOST_POLICY_TEMPLATE = Path(__file__).resolve().parents[1] / "roles" / "aws_infra" / "templates" / "host_policy.json.j2"
+# moto checks HeadBucket as its own action; AWS checks it as s3:ListBucket, which the host policy grants.
+MOTO_HEAD_BUCKET = {"Sid": "MotoHeadBucket", "Effect": "Allow", "Action": "s3:HeadBucket", "Resource": "*"}
+
+
+def host_policy(bucket: str, images_prefix: str = "images/", runs_prefix: str = "runs/") -> dict:
+    """The instance profile's policy as the aws_infra role renders it for ``bucket``."""
+    import jinja2
+
+    text = jinja2.Template(HOST_POLICY_TEMPLATE.read_text()).render(
+        __aws_infra_bucket_arn=f"arn:aws:s3:::{bucket}",
+        aws_infra_images_prefix=images_prefix,
+        aws_infra_runs_prefix=runs_prefix,
+    )
+    return json.loads(text)
+
+
+def _set_auth(endpoint: str, body: bytes) -> None:
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth", data=body, headers={"Content-Type": "text/plain"}, method="POST"
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+@contextmanager
+def iam_enforced(endpoint: str, policy: dict, user: str = "fruitcloud-host"):
+    """Yield credentials of a user whose only policy is ``policy``, with moto enforcing IAM until the block ends."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
+    iam.create_user(UserName=user)
+    document = {**policy, "Statement": [*policy["Statement"], MOTO_HEAD_BUCKET]}
+    iam.put_user_policy(UserName=user, PolicyName="host", PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    _set_auth(endpoint, b"0")
+    try:
+        yield {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        _set_auth(endpoint, b"inf")
+        iam.delete_user_policy(UserName=user, PolicyName="host")
+        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+        iam.delete_user(UserName=user)

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Build the local stand-in for an EC2 Ubuntu host: a Debian 12 root made with
+# Build the local stand-in for an EC2 Ubuntu host: a Debian root made with
 # debootstrap from this host's own apt mirror, systemd as PID 1, sshd and sudo,
 # and a first-boot unit that does what cloud-init does on EC2 (tests/ec2_standin/).
 # No registry is involved. The packed root is cached in .cache/ between runs.
+#   STANDIN_SUITE=bookworm (Debian 12, Python 3.11; default) or trixie (Debian 13,
+#   Python 3.13: a host whose Python is not the controller's, as Ubuntu 24.04's 3.12 is not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STANDIN=tests/ec2_standin
 # The image and its cache are named after what goes into them, so a change rebuilds both.
+SUITE="${STANDIN_SUITE:-bookworm}"
+case "$SUITE" in bookworm | trixie) ;; *) echo "STANDIN_SUITE must be bookworm or trixie, not $SUITE" >&2; exit 2 ;; esac
 VERSION=$(cat "$0" "$STANDIN"/* | sha256sum | cut -c1-12)
-IMAGE="${MOLECULE_IMAGE:-localhost/fruitcloud-ec2-standin:$VERSION}"
-ARCHIVE=.cache/ec2-standin-rootfs-$VERSION.tar.zst
+IMAGE="localhost/fruitcloud-ec2-standin-$SUITE:$VERSION"
+ARCHIVE=.cache/ec2-standin-$SUITE-rootfs-$VERSION.tar.zst
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/molecule/containers.conf}"
 
 if podman image exists "$IMAGE"; then
@@ -32,10 +36,10 @@ if [[ ! -f "$ARCHIVE" ]]; then
   rootfs=$(mktemp -d /var/tmp/fruitcloud-rootfs.XXXXXX)
   trap 'rm -rf "$rootfs"' EXIT
   mirror=$(debian_mirror)
-  echo "debootstrap bookworm from $mirror" >&2
+  echo "debootstrap $SUITE from $mirror" >&2
   debootstrap --variant=minbase \
     --include=python3,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,ca-certificates,openssh-server,sudo \
-    bookworm "$rootfs" "$mirror" >/dev/null
+    "$SUITE" "$rootfs" "$mirror" >/dev/null
   chroot "$rootfs" apt-get clean
   # Host keys are made at first boot, per instance, as cloud-init does.
   rm -f "$rootfs"/etc/ssh/ssh_host_*

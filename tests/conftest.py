@@ -29,15 +29,30 @@ def sample_dir():
     return sample_images()
 
 
-@pytest.fixture(scope="session")
-def podman_target_image():
-    """The EC2 stand-in image (Debian 12, systemd, sshd, sudo, first-boot unit); its name carries its version."""
+def standin_image(suite: str) -> str:
+    """The EC2 stand-in image of a Debian suite (systemd, sshd, sudo, first-boot unit); its name carries its version."""
     if not shutil.which("podman"):
         pytest.fail("podman is required for the local target: apt-get install podman runc debootstrap zstd")
     built = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build_test_image.sh")], check=True, stdout=subprocess.PIPE, text=True
+        ["bash", str(REPO / "scripts" / "build_test_image.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STANDIN_SUITE": suite},
     )
     return built.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def podman_target_image():
+    """Debian 12: Python 3.11, OpenJDK 17."""
+    return standin_image("bookworm")
+
+
+@pytest.fixture(scope="session")
+def trixie_target_image():
+    """Debian 13: Python 3.13 and OpenJDK 21, neither of them the controller's (as on Ubuntu 24.04: 3.12)."""
+    return standin_image("trixie")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,11 @@ instance metadata, and Molecule connects over SSH as ubuntu with that key and
 sudo. The verify step reads from this moto server through s3a and runs the
 deployed job with --weights imagenet from the provisioned (test) weights file
 as the job account; the manifest it leaves in moto is checked here.
+
+It runs on Debian 12 (Python 3.11, the controller's) and Debian 13 (Python
+3.13, OpenJDK 21): every path that holds the host's Python version must come
+from the host's own interpreter, as on Ubuntu 24.04 (3.12) and 22.04 (3.10).
+The s3a jars are downloaded on the host by their Maven coordinates, as on EC2.
 """
 
 from __future__ import annotations
@@ -46,9 +51,14 @@ def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize(
+    ("suite", "python", "java"), [("bookworm", "3.11", "17"), ("trixie", "3.13", "21")], ids=["debian12", "debian13"]
+)
 def test_default_scenario_converges_idempotently_and_verifies(
-    podman_target_image, test_weights, s3, bucket, moto_endpoint, sample_dir, tmp_path
+    suite, python, java, request, test_weights, s3, bucket, moto_endpoint, sample_dir, tmp_path
 ):
+    image = request.getfixturevalue("podman_target_image" if suite == "bookworm" else "trixie_target_image")
+    platform = f"fruitcloud-{suite}"
     s3.put_object(Bucket=bucket, Key="verify/hello.txt", Body=b"hello from moto\n")
     classes = sorted(p for p in sample_dir.iterdir() if p.is_dir())
     for folder in classes:
@@ -59,14 +69,17 @@ def test_default_scenario_converges_idempotently_and_verifies(
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
     ec2.import_key_pair(KeyName="fruitcloud", PublicKeyMaterial=key.with_suffix(".pem.pub").read_bytes())
-    podman("rm", "--force", "fruitcloud-debian12")
+    podman("rm", "--force", platform)
     with fake_imds(moto_endpoint, role_name="fruitcloud-host", key_name="fruitcloud") as (imds_url, _):
         env = {
             **os.environ,
             **CONTAINERS_ENV,
             **standin_settings(tmp_path, imds_url),
             "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-            "MOLECULE_IMAGE": podman_target_image,
+            "MOLECULE_IMAGE": image,
+            "MOLECULE_PLATFORM": platform,
+            "EXPECT_PYTHON": python,
+            "EXPECT_JAVA": java,
             "MOTO_ENDPOINT": moto_endpoint,
             "VERIFY_BUCKET": bucket,
             "TEST_WEIGHTS_SHA256": test_weights[1],

@@ -46,8 +46,10 @@ def aws(tmp_path):
 def flow_inventory(directory, endpoint, port, test_weights):
     """The repository's aws_ec2 inventory pointed at moto; the host's address and port point at the stand-in.
 
-    The other host vars give the roles offline sources (no Maven Central or
-    Keras downloads here); they change what is installed, not how the host is reached.
+    The other host vars copy the s3a jars from the controller's cache (which
+    `make jars` filled with the role's own Maven download; the Molecule scenario
+    downloads them on the host) and give the test weights (no Keras downloads
+    here); they change where files come from, not how the host is reached.
     """
     inventory = directory / "inventory"
     (inventory / "host_vars").mkdir(parents=True)
@@ -59,9 +61,6 @@ def flow_inventory(directory, endpoint, port, test_weights):
         "ansible_port": port,
         "s3a_jars_source": "local",
         "s3a_jars_local_dir": str(REPO / ".cache" / "jars"),
-        "s3a_jars_hadoop_aws_version": "3.3.1",
-        "s3a_jars_aws_sdk_version": "1.11.901",
-        "s3a_jars_allow_version_mismatch": True,
         "model_weights_local_file": str(weights),
         "model_weights_checksum": checksum,
     }
