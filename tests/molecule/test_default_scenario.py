@@ -57,7 +57,7 @@ def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:
 def test_default_scenario_converges_idempotently_and_verifies(
     suite, python, java, request, test_weights, s3, bucket, moto_endpoint, sample_dir, tmp_path
 ):
-    image = request.getfixturevalue("podman_target_image" if suite == "bookworm" else "trixie_target_image")
+    standin = request.getfixturevalue("podman_target_image" if suite == "bookworm" else "trixie_target_image")
     platform = f"fruitcloud-{suite}"
     s3.put_object(Bucket=bucket, Key="verify/hello.txt", Body=b"hello from moto\n")
     classes = sorted(p for p in sample_dir.iterdir() if p.is_dir())
@@ -76,7 +76,7 @@ def test_default_scenario_converges_idempotently_and_verifies(
             **CONTAINERS_ENV,
             **standin_settings(tmp_path, imds_url),
             "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}",
-            "MOLECULE_IMAGE": image,
+            "MOLECULE_IMAGE": standin,
             "MOLECULE_PLATFORM": platform,
             "EXPECT_PYTHON": python,
             "EXPECT_JAVA": java,

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.molecule
 
 BUCKET = "fruitcloud-site-test"
 HOST = "fruitcloud-master"
-RUN_ID = "site"
+# A run id of the default (timestamp) form, so that job_run_id=latest finds it.
+RUN_ID = "20260101T000000Z"
 
 
 @pytest.fixture
@@ -150,6 +151,12 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         )
         assert leaked == "", f"a credential was written on the host: {leaked}"
 
+        # One more image, then a rerun of the latest run: only that image is featurized.
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
+        first = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
+        extra = sorted((sample_dir / "Banana").glob("*.jpg"))[0]
+        s3.upload_file(str(extra), BUCKET, "images/Banana/one-more.jpg")
+        rerun = run_playbook("run_job.yml", inventory, {**extra_vars, "job_run_id": "latest"})
         failing = run_playbook(
             "run_job.yml", inventory, {**extra_vars, "job_run_id": "broken", "job_input": f"s3a://{BUCKET}/nothing/"}
         )
@@ -160,8 +167,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert "3976 files uploaded, 0 unchanged, 24 classes" in run.output
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
-    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
+    manifest = first
+    again = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
     assert manifest["host"]["user"] == "fruitcloud"
     assert manifest["parameters"]["weights"] == "imagenet"
     assert manifest["counts"]["inputs"] == manifest["counts"]["featurized"] == 3976
@@ -170,12 +177,12 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{RUN_ID}/pca/")["Contents"]
     parts = [o["Key"] for o in listed if o["Key"].endswith(".parquet")]
     pca = pd.concat(pd.read_parquet(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())) for k in parts)
-    assert len(pca) == 3976
+    assert len(pca) == 3977, "the projection of the rerun, one image more"
     assert pca["path"].is_unique
     assert {len(vector) for vector in pca["pca"]} == {8}
 
     fetched = tmp_path / "reports" / RUN_ID
-    assert json.loads((fetched / "manifest.json").read_text()) == manifest
+    assert json.loads((fetched / "manifest.json").read_text()) == again
     assert sorted(p.name for p in (fetched / "report").iterdir()) == [
         "class_counts.png",
         "errors_by_reason.png",
@@ -192,6 +199,11 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert started.returncode == 0 and started_states == {"running"}, started.output[-3000:]
     assert "TASK [Ask JupyterLab for its API status on 127.0.0.1]" in started.output
     assert started.recap(HOST)["failed"] == 0
+
+    assert rerun.returncode == 0, rerun.output[-4000:]
+    assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
+    assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (3976, 3977)
+    assert (again["incremental"]["featurized_now"], again["incremental"]["reused_images"]) == (1, 3976)
 
     assert failing.returncode != 0
     assert "spark-submit exited with 1" in failing.output
