@@ -135,9 +135,15 @@ def job_environment(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_job(
-    job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, **kwargs
+    job_args: list[str], endpoint: str | None, env: dict[str, str] | None = None, *, capture: bool = False, **kwargs
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(spark_submit_command(job_args, endpoint, **kwargs), env=job_environment(env), check=False)
+    """spark-submit the job; with ``capture``, its log (the driver's lines and Spark's, merged) is in ``stdout``."""
+    command = spark_submit_command(job_args, endpoint, **kwargs)
+    if not capture:
+        return subprocess.run(command, env=job_environment(env), check=False)
+    return subprocess.run(
+        command, env=job_environment(env), check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def read_manifest(output_uri: str, run_id: str, s3_client=None) -> dict:

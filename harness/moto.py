@@ -68,8 +68,17 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
 
 
 HOST_POLICY_TEMPLATE = Path(__file__).resolve().parents[1] / "roles" / "aws_infra" / "templates" / "host_policy.json.j2"
-# moto checks HeadBucket as its own action; AWS checks it as s3:ListBucket, which the host policy grants.
-MOTO_HEAD_BUCKET = {"Sid": "MotoHeadBucket", "Effect": "Allow", "Action": "s3:HeadBucket", "Resource": "*"}
+# Two places where moto's IAM checks differ from AWS's, and the statements that make moto
+# accept what AWS accepts under the host policy: moto checks HeadBucket as its own action
+# (AWS: s3:ListBucket, granted), and DeleteObjects as s3:DeleteObject on the *bucket*
+# (AWS: on each key, granted under the runs prefix). With the second, moto checks the
+# keys of a DeleteObjects against the bucket policy only; single DELETEs stay checked.
+def moto_quirks(bucket: str) -> list[dict]:
+    arn = f"arn:aws:s3:::{bucket}"
+    return [
+        {"Sid": "MotoHeadBucket", "Effect": "Allow", "Action": "s3:HeadBucket", "Resource": arn},
+        {"Sid": "MotoDeleteObjects", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": arn},
+    ]
 
 
 def host_policy(bucket: str, images_prefix: str = "images/", runs_prefix: str = "runs/") -> dict:
@@ -92,13 +101,14 @@ def _set_auth(endpoint: str, body: bytes) -> None:
 
 
 @contextmanager
-def iam_enforced(endpoint: str, policy: dict, user: str = "fruitcloud-host"):
-    """Yield credentials of a user whose only policy is ``policy``, with moto enforcing IAM until the block ends."""
+def iam_enforced(endpoint: str, policy: dict, bucket: str, user: str = "fruitcloud-host"):
+    """Yield credentials of a user whose only policy is ``policy`` (for ``bucket``), with moto enforcing IAM until
+    the block ends."""
     import boto3
 
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
     iam.create_user(UserName=user)
-    document = {**policy, "Statement": [*policy["Statement"], MOTO_HEAD_BUCKET]}
+    document = {**policy, "Statement": [*policy["Statement"], *moto_quirks(bucket)]}
     iam.put_user_policy(UserName=user, PolicyName="host", PolicyDocument=json.dumps(document))
     key = iam.create_access_key(UserName=user)["AccessKey"]
     _set_auth(endpoint, b"0")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from featurize.errors import ImageDecodeError
+from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from featurize.model import Extractor
 
 
@@ -35,6 +36,9 @@ class Outcome:
     features: np.ndarray | None = None
     stage: str | None = None
     reason: str | None = None
+    # The AWS error code of a failed read, and whether a rerun tries this image again (errors.RecordedError).
+    code: str | None = None
+    retryable: bool | None = None
 
 
 def featurize_contents(
@@ -68,7 +72,7 @@ def featurize_contents(
             )
             decoded_rows.append(row)
         except ImageDecodeError as exc:
-            outcomes[row] = Outcome(stage="decode", reason=str(exc))
+            outcomes[row] = Outcome(stage="decode", reason=str(exc), code="", retryable=False)
     timings.decode_seconds += time.perf_counter() - started
 
     started = time.perf_counter()
@@ -88,4 +92,9 @@ def featurize_fetched(
     readable = iter(
         featurize_contents([item.data for item in fetched if item.error is None], extract, settings, timings=timings)
     )
-    return [next(readable) if item.error is None else Outcome(stage="read", reason=item.error) for item in fetched]
+    return [
+        next(readable)
+        if item.error is None
+        else Outcome(stage="read", reason=str(item.error), code=item.error.code, retryable=item.error.retryable)
+        for item in fetched
+    ]

@@ -11,13 +11,16 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from featurize.errors import JobError, UnreadInputsError
 from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
-from featurize.model import FEATURE_DIM, WeightsNotFoundError, check_weights
+from featurize.model import FEATURE_DIM, check_weights
 
 log = logging.getLogger("featurize")
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+# Complete but for images that could not be read this time; a rerun of the run id retries them.
+EXIT_RETRY = 3
 
 # Measured on 2 cores (bench/): 1,024 images per task featurize 0.93 of the
 # bare-TF limit, 256 per task 0.80-0.85; each task start has a fixed cost.
@@ -27,10 +30,6 @@ DEFAULT_FILES_PER_PARTITION = 1024
 MAX_BATCH_PIXELS = 128 * 224 * 224
 # These loggers write request headers (the access key id, the session token) at DEBUG.
 CREDENTIAL_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
-
-
-class JobError(RuntimeError):
-    """A failure the user can act on; its message is printed as one line."""
 
 
 def _fraction(text: str) -> float:
@@ -177,14 +176,13 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from featurize.commits import LockHeldError
     from featurize.job import run
 
     args = parse_args(argv)
     configure_logging(args.log_level)
     try:
         check_weights(args.weights, args.image_size)
-    except WeightsNotFoundError as exc:
+    except JobError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
 
@@ -193,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.appName(f"featurize-{args.run_id}").getOrCreate()
     try:
         run(spark, args)
-    except (JobError, LockHeldError, FileNotFoundError, PermissionError) as exc:
+    except UnreadInputsError as exc:
+        log.error("run %s incomplete: %s", args.run_id, exc)
+        return EXIT_RETRY
+    except JobError as exc:
         log.error("run %s failed: %s", args.run_id, exc)
         return EXIT_FAILED
     finally:

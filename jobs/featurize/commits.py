@@ -26,12 +26,15 @@ import logging
 import os
 import platform
 import pwd
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pandas as pd
 
+from featurize.errors import LockHeldError
 from featurize.storage import ListedFile, Storage, join
 
 log = logging.getLogger("featurize")
@@ -39,18 +42,15 @@ log = logging.getLogger("featurize")
 COMMITS_DIR = "_commits"
 LOCK_FILE = "_lock"
 FEATURE_COLUMNS = ["path", "label", "features", "size_bytes", "etag", "modified"]
-ERROR_COLUMNS = ["path", "label", "stage", "reason", "size_bytes", "etag", "modified"]
-
-
-class LockHeldError(RuntimeError):
-    """Another run holds the run id."""
+ERROR_COLUMNS = ["path", "label", "stage", "reason", "code", "retryable", "size_bytes", "etag", "modified"]
+# Kinds of a commit record's rows. A RETRY row is an error that a rerun tries
+# again (errors.RetryableReadError); an ERRORS row is permanent for its ETag.
+FEATURES, ERRORS, RETRY = "features", "errors", "retry"
 
 
 def rows_hash(rows: Sequence[tuple[str, str]]) -> str:
-    digest = hashlib.sha256()
-    for path, etag in rows:
-        digest.update(f"{path}\t{etag}\n".encode())
-    return digest.hexdigest()[:16]
+    """A chunk's name from its (path, ETag) rows; JSON keeps keys holding tabs or newlines unambiguous."""
+    return hashlib.sha256(json.dumps([list(row) for row in rows]).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Commit:
     fingerprint: str
     features: str | None
     errors: str | None
-    rows: tuple[tuple[str, str, str], ...]  # (path, etag, "features" | "errors")
+    rows: tuple[tuple[str, str, str], ...]  # (path, etag, FEATURES | ERRORS | RETRY)
 
     @property
     def parts(self) -> list[str]:
@@ -78,6 +78,8 @@ def _parquet_bytes(frame: pd.DataFrame, columns: list[str]) -> bytes:
         "features": pa.list_(pa.float32()),
         "stage": pa.string(),
         "reason": pa.string(),
+        "code": pa.string(),
+        "retryable": pa.bool_(),
         "size_bytes": pa.int64(),
         "etag": pa.string(),
         "modified": pa.timestamp("us", tz="UTC"),
@@ -90,7 +92,9 @@ def _parquet_bytes(frame: pd.DataFrame, columns: list[str]) -> bytes:
 
 
 def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.DataFrame) -> Commit:
-    """Write one chunk's parts, then its record; ``rows`` has FEATURE_COLUMNS plus stage/reason (NULL when featurized).
+    """Write one chunk's parts, then its record; ``rows`` has FEATURE_COLUMNS plus stage, reason, code, retryable.
+
+    The last four are NULL for featurized rows.
 
     The accounting is checked before the record is written: every input row
     is in exactly one of the two parts.
@@ -111,8 +115,8 @@ def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.Da
         features=part_uris.get("features"),
         errors=part_uris.get("errors"),
         rows=tuple(
-            (path, etag, "errors" if bad else "features")
-            for path, etag, bad in zip(rows["path"], rows["etag"], failed, strict=True)
+            (path, etag, (RETRY if retry is True else ERRORS) if bad else FEATURES)
+            for path, etag, bad, retry in zip(rows["path"], rows["etag"], failed, rows["retryable"], strict=True)
         ),
     )
     record = {"fingerprint": fingerprint, "features": commit.features, "errors": commit.errors, "rows": commit.rows}
@@ -150,11 +154,16 @@ class Plan:
         return not (self.todo or self.compact or self.drop or self.missing)
 
 
-def plan_run(images: Sequence[ListedFile], commits: Sequence[Commit], *, fingerprint: str, parts: set[str]) -> Plan:
+def plan_run(
+    images: Sequence[ListedFile], commits: Sequence[Commit], *, fingerprint: str, parts: set[str], retry: bool = True
+) -> Plan:
     """An image is done when a commit of this fingerprint holds its path with its current ETag.
 
     Each (path, ETag) counts once, in the first commit (by record name) that
-    holds it; a commit whose parts went missing is reported and its images redone.
+    holds it; a commit whose parts went missing is reported and its images
+    redone. With ``retry`` (the plan of a run, not its verification), rows of
+    retryable errors are not done: their commits are rewritten without them
+    and the images are read again.
     """
     current = {image.path: image.etag for image in images}
     assigned: set[str] = set()
@@ -166,7 +175,11 @@ def plan_run(images: Sequence[ListedFile], commits: Sequence[Commit], *, fingerp
         if commit.fingerprint != fingerprint:
             plan.drop.append(commit)
             continue
-        kept = {path for path, etag, _ in commit.rows if current.get(path) == etag and path not in assigned}
+        kept = {
+            path
+            for path, etag, kind in commit.rows
+            if current.get(path) == etag and path not in assigned and not (retry and kind == RETRY)
+        }
         assigned |= kept
         if len(kept) == len(commit.rows):
             plan.live.append(commit)
@@ -222,58 +235,153 @@ def _process_alive(pid) -> bool:
     return True
 
 
+def ec2_instance_id(timeout: float = 0.5) -> str | None:
+    """This host's EC2 instance id from IMDSv2, or None off EC2 (or with AWS_EC2_METADATA_DISABLED)."""
+    import urllib.request
+
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        return None
+    endpoint = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
+    try:
+        token_request = urllib.request.Request(
+            f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+        )
+        with urllib.request.urlopen(token_request, timeout=timeout) as response:
+            token = response.read().decode()
+        id_request = urllib.request.Request(
+            f"{endpoint}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
+        )
+        with urllib.request.urlopen(id_request, timeout=timeout) as response:
+            return response.read().decode().strip() or None
+    except OSError:
+        return None
+
+
+def machine_identity() -> str:
+    """Which machine a lock holder runs on: its EC2 instance id, else its kernel's boot id and its hostname.
+
+    Hostnames alone repeat (every Ubuntu AMI boots as "ubuntu", containers
+    share names), and a PID says nothing on another machine.
+    """
+    instance = ec2_instance_id()
+    if instance:
+        return f"ec2:{instance}"
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    return f"boot:{boot}@{platform.node()}"
+
+
+def pid_namespace() -> str:
+    """The PID namespace of this process: PIDs of two containers on one kernel are not comparable."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 class RunLock:
-    """One writer per run id: a lock object created with a conditional write.
+    """One writer per run id: a lock object created with a conditional write and renewed while the run lives.
 
     S3 guarantees that of concurrent PUTs with If-None-Match: * on one key,
-    exactly one succeeds (the others get 412 or 409), and reads after a write
-    are strongly consistent, so two runs can never both believe they hold the
-    lock. A lock left by a crashed run is taken over at once from the same
-    host (its process is gone), expires after ``ttl`` elsewhere, and
-    ``--break-lock`` takes it at once; a takeover is itself a conditional
-    write on the lock's ETag, so two takers cannot both win.
+    exactly one succeeds, and reads after a write are strongly consistent, so
+    two runs can never both believe they hold the lock. Every change after
+    that (renewal, takeover, release) is a PUT conditional on the holder's
+    ETag, so a run that lost its lock cannot overwrite or free its taker's.
+    A lock is free once released, once it has not been renewed for ``ttl``
+    by the store's own clock (S3's Date against the object's LastModified,
+    so the hosts' clocks do not matter), or at once when its holder's process
+    is gone from this machine and PID namespace; ``--break-lock`` takes it
+    regardless.
     """
 
     def __init__(self, storage: Storage, run_uri: str, *, ttl: timedelta, break_lock: bool = False):
         self.storage, self.uri, self.ttl, self.break_lock = storage, join(run_uri, LOCK_FILE), ttl, break_lock
         self.etag: str | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self._identity = {"machine": machine_identity(), "pid_namespace": pid_namespace(), "pid": os.getpid()}
 
-    def _body(self) -> bytes:
-        now = datetime.now(timezone.utc)
+    def _body(self, released: bool = False) -> bytes:
         holder = f"{pwd.getpwuid(os.geteuid()).pw_name}@{platform.node()} pid {os.getpid()}"
         return json.dumps(
             {
                 "holder": holder,
                 "host": platform.node(),
-                "pid": os.getpid(),
-                "acquired_at": now.isoformat(),
-                "expires_at": (now + self.ttl).isoformat(),
+                **self._identity,
+                "written_at": datetime.now(timezone.utc).isoformat(),
+                "ttl_seconds": self.ttl.total_seconds(),
+                "released": released,
             }
         ).encode()
 
+    def _free(self, held: dict, stored) -> str | None:
+        """Why the lock is free to take, or None while its holder may be alive."""
+        if held.get("released"):
+            return "released"
+        if stored.now - stored.modified > timedelta(seconds=held.get("ttl_seconds", self.ttl.total_seconds())):
+            return "expired"
+        same_processes = (held.get("machine"), held.get("pid_namespace")) == (
+            self._identity["machine"],
+            self._identity["pid_namespace"],
+        )
+        if same_processes and not _process_alive(held.get("pid")):
+            return "dead"
+        return "broken" if self.break_lock else None
+
     def acquire(self) -> None:
         self.etag = self.storage.create(self.uri, self._body())
-        if self.etag:
-            return
-        current_etag = self.storage.etag(self.uri)
-        held = json.loads(self.storage.read_if_exists(self.uri) or b"{}")
-        expired = datetime.fromisoformat(held.get("expires_at", "1970-01-01T00:00:00+00:00")) < datetime.now(
-            timezone.utc
-        )
-        # A holder on this host whose process is gone crashed: its lock needs no waiting.
-        expired = expired or (held.get("host") == platform.node() and not _process_alive(held.get("pid")))
-        if not (expired or self.break_lock):
-            raise LockHeldError(
-                f"the run is being written by {held.get('holder', 'another run')} since {held.get('acquired_at')} "
-                f"(lock {self.uri}, expires {held.get('expires_at')}). Wait for it to finish, use another "
-                "--run-id, or if that run is dead, rerun with --break-lock."
-            )
-        log.warning("taking over the %s lock of %s at %s", "expired" if expired else "broken", held, self.uri)
-        self.etag = self.storage.create(self.uri, self._body(), replacing=current_etag) if current_etag else None
         if not self.etag:
-            raise LockHeldError(f"another run took the lock {self.uri} at the same time; try again")
+            stored = self.storage.read_versioned(self.uri)
+            held = json.loads(stored.data) if stored else {}
+            why = self._free(held, stored) if stored else "released"
+            if why is None:
+                raise LockHeldError(
+                    f"the run is being written by {held.get('holder', 'another run')} (renewed "
+                    f"{held.get('written_at')}, lock {self.uri}, free {self.ttl} after its last renewal). "
+                    "Wait for it to finish, use another --run-id, or if that run is dead, rerun with --break-lock."
+                )
+            if why != "released":
+                log.warning("taking over the %s lock of %s at %s", why, held.get("holder"), self.uri)
+            self.etag = (
+                self.storage.create(self.uri, self._body(), replacing=stored.etag)
+                if stored
+                else self.storage.create(self.uri, self._body())
+            )
+            if not self.etag:
+                raise LockHeldError(f"another run took the lock {self.uri} at the same time; try again")
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew_until_stopped, name="lock-renewer", daemon=True)
+        self._renewer.start()
+
+    def _renew_until_stopped(self) -> None:
+        while not self._stop.wait(max(self.ttl.total_seconds() / 4, 0.5)):
+            try:
+                renewed = self.storage.create(self.uri, self._body(), replacing=self.etag)
+            except Exception as exc:  # a failed renewal is retried at the next interval, well before the TTL
+                log.warning("could not renew the lock %s: %s", self.uri, exc)
+                continue
+            if not renewed:
+                self.lost = True
+                log.error("lost the lock %s: another run took it over; this run will not publish", self.uri)
+                return
+            self.etag = renewed
+
+    def check(self) -> None:
+        """Raise if another run took the lock over while this one ran."""
+        if self.lost:
+            raise LockHeldError(f"another run took over the lock {self.uri} during this run; no manifest was written")
+
+    def stop_renewing(self) -> None:
+        self._stop.set()
+        if self._renewer:
+            self._renewer.join()
 
     def release(self) -> None:
-        if self.etag and self.storage.etag(self.uri) == self.etag:
-            self.storage.delete(self.uri)
+        """Mark the lock released, only if it is still ours (a conditional PUT: S3 has no conditional DELETE)."""
+        self.stop_renewing()
+        if self.etag and not self.lost:
+            self.storage.create(self.uri, self._body(released=True), replacing=self.etag)
         self.etag = None

@@ -18,16 +18,23 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from featurize.errors import PermanentReadError, RecordedError, RetryableReadError
 from featurize.storage import error_code, is_s3, local_etag, local_path, s3_client, split_s3
 
 # Errors of the connection or the stream (not of the request): retried here,
 # since botocore retries a request only until its response headers arrive.
 TRANSIENT_READ_ERRORS = ("ResponseStreamingError", "IncompleteReadError", "ReadTimeoutError", "ProtocolError")
 READ_ATTEMPTS = 5
-
-
-class ReadError(Exception):
-    """This file cannot be read as it was listed; its message is the user-readable reason."""
+# What the user can do about a read that failed, by AWS error code (docs/job.md, "Faults").
+READ_HINTS = {
+    "AccessDenied": "the instance profile grants s3:GetObject under the images prefix of the bucket only: "
+    "check the prefix and the policy (docs/aws.md); right after provisioning, IAM may still be propagating",
+    "InvalidObjectState": "the object is archived (Glacier or Deep Archive): restore it "
+    "(aws s3api restore-object) or copy it back to STANDARD",
+    "SlowDown": "S3 throttled the reads past every retry: lower --fetch-concurrency",
+    "ExpiredToken": "the credentials expired during the read",
+    "NoCredentials": "no AWS credentials: attach the instance profile, or set AWS_PROFILE",
+}
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,11 @@ class FetchSettings:
 class Fetched:
     path: str
     data: bytes | None
-    error: str | None
+    error: RecordedError | None = None
 
 
 def read_s3(path: str, etag: str, settings: FetchSettings) -> bytes:
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     bucket, key = split_s3(path)
     client = s3_client(settings.endpoint_url)
@@ -56,16 +63,23 @@ def read_s3(path: str, etag: str, settings: FetchSettings) -> bytes:
             return client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"].read()
         except ClientError as exc:
             code = error_code(exc)
+            # Gone or replaced: the next listing no longer shows this (path, ETag), so the rerun never asks again.
             if code in ("NoSuchKey", "404"):
-                raise ReadError("deleted after it was listed") from exc
+                raise PermanentReadError("deleted after it was listed", code="NoSuchKey") from exc
             if code in ("PreconditionFailed", "412"):
-                raise ReadError(f"replaced after it was listed (ETag is no longer {etag})") from exc
-            if code in ("AccessDenied", "403"):
-                raise ReadError("access denied to this object") from exc
-            raise
+                raise PermanentReadError(f"replaced after it was listed (ETag is no longer {etag})", code=code) from exc
+            code = "AccessDenied" if code == "403" else code
+            reason = {
+                "AccessDenied": "access denied to this object",
+                "InvalidObjectState": "archived: not readable until restored",
+            }.get(code, "S3 refused the read")
+            raise RetryableReadError(f"{reason} ({code})", code=code) from exc
+        except NoCredentialsError as exc:
+            raise RetryableReadError("no AWS credentials for the read", code="NoCredentials") from exc
         except Exception as exc:
-            if type(exc).__name__ not in TRANSIENT_READ_ERRORS or attempt == READ_ATTEMPTS:
-                raise
+            name = type(exc).__name__
+            if name not in TRANSIENT_READ_ERRORS or attempt == READ_ATTEMPTS:
+                raise RetryableReadError(f"the read failed after {attempt} attempts: {name}: {exc}", code=name) from exc
             time.sleep(0.2 * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -74,28 +88,30 @@ def read_local(path: str, etag: str) -> bytes:
     file = local_path(path)
     try:
         if local_etag(os.stat(file)) != etag:
-            raise ReadError("changed after it was listed")
+            raise PermanentReadError("changed after it was listed")
         return file.read_bytes()
     except FileNotFoundError as exc:
-        raise ReadError("deleted after it was listed") from exc
-    except (PermissionError, IsADirectoryError) as exc:
-        raise ReadError(f"cannot be read: {exc.strerror}") from exc
+        raise PermanentReadError("deleted after it was listed") from exc
+    except IsADirectoryError as exc:
+        raise PermanentReadError(f"cannot be read: {exc.strerror}") from exc
+    except OSError as exc:
+        raise RetryableReadError(f"cannot be read: {exc.strerror}", code=type(exc).__name__) from exc
 
 
 def read_one(path: str, size: int, etag: str, *, settings: FetchSettings) -> bytes:
     if size == 0:
-        raise ReadError("empty file (0 bytes)")
+        raise PermanentReadError("empty file (0 bytes)")
     if size > settings.max_file_bytes:
-        raise ReadError(f"file too large: {size} bytes, limit is {settings.max_file_bytes}")
+        raise PermanentReadError(f"file too large: {size} bytes, limit is {settings.max_file_bytes}")
     return read_s3(path, etag, settings) if is_s3(path) else read_local(path, etag)
 
 
 def fetch_ahead(files: Iterable[tuple[str, int, str]], settings: FetchSettings) -> Iterator[Fetched]:
     """Yield each ``(path, size, etag)`` as Fetched, in order, with reads running ahead of the consumer.
 
-    A file's own problems (gone, replaced, empty, too large, denied) come back
-    as Fetched.error; anything else (S3 unreachable after retries) raises, and
-    Spark retries the task.
+    Every problem of a read (gone, replaced, empty, too large, denied,
+    archived, S3 unreachable after retries) comes back as Fetched.error: no
+    object fails the task.
     """
     pending: deque[tuple[str, int, Future]] = deque()
     in_flight_bytes = 0
@@ -121,6 +137,6 @@ def fetch_ahead(files: Iterable[tuple[str, int, str]], settings: FetchSettings) 
             path, size, future = pending.popleft()
             in_flight_bytes -= size
             try:
-                yield Fetched(path, future.result(), None)
-            except ReadError as exc:
-                yield Fetched(path, None, str(exc))
+                yield Fetched(path, future.result())
+            except RecordedError as exc:
+                yield Fetched(path, None, exc)

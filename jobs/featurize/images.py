@@ -8,17 +8,18 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from featurize.errors import ImageDecodeError
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp")
+# The Pillow decoders of those extensions, and no other, whatever a file's name
+# says: a TIFF, PSD or EPS named .jpg is refused, not handed to a rarer decoder.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 
 # A 100 MP photo decodes to 300 MB of RGB: well past what a 4 GB host can hold
 # per task, and far beyond any real fruit photo.
 DEFAULT_MAX_PIXELS = 50_000_000
 
 WHITE = (255, 255, 255)
-
-
-class ImageDecodeError(ValueError):
-    """An input file that cannot become an image; its message is user-readable."""
 
 
 def has_image_extension(path: str) -> bool:
@@ -86,7 +87,7 @@ def decode_memory_bytes(mode: str, width: int, height: int) -> int:
 def _open(data: bytes) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
 
 
 def _check_size(image: Image.Image, size: int, *, max_pixels: int, max_decode_bytes: int) -> None:

@@ -19,9 +19,20 @@ from pathlib import Path
 
 from featurize import __version__
 from featurize.batch import FeaturizeSettings
-from featurize.cli import JobError
-from featurize.commits import Commit, Plan, RunLock, compact, plan_run, read_commits, remove_leftovers
-from featurize.fetch import FetchSettings
+from featurize.commits import (
+    ERRORS,
+    FEATURES,
+    RETRY,
+    Commit,
+    Plan,
+    RunLock,
+    compact,
+    plan_run,
+    read_commits,
+    remove_leftovers,
+)
+from featurize.errors import JobError, LocationsOverlapError, StorageError, UnreadInputsError
+from featurize.fetch import READ_HINTS, FetchSettings
 from featurize.images import IMAGE_EXTENSIONS, has_image_extension
 from featurize.manifest import Counts, build_manifest
 from featurize.model import imagenet_weights_path
@@ -64,6 +75,7 @@ class RunContext:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     clock: StageClock = field(default_factory=StageClock)
     warm_up: WarmUp | None = None
+    lock: RunLock | None = None
     models_built_by_featurize: int = 0
     worker_cpu_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "cnn": 0.0})
 
@@ -77,8 +89,29 @@ def canonical(uri: str) -> str:
     return uri.rstrip("/") if is_s3(uri) else "file:" + str(local_path(uri)).rstrip("/")
 
 
+# The modules whose code decides what a feature vector is.
+FEATURIZING_MODULES = ("images.py", "batch.py", "model.py")
+
+
+def featurizing_code() -> dict[str, str]:
+    """sha256 of the decoding and CNN code (read through the import system: the job may run from a zip), and the
+    versions of the libraries that compute the features."""
+    from importlib import metadata, resources
+
+    package = resources.files("featurize")
+    code = hashlib.sha256(b"".join((package / name).read_bytes() for name in FEATURIZING_MODULES)).hexdigest()
+    versions = {}
+    for distribution in ("pillow", "keras", "tensorflow-cpu", "tensorflow"):
+        try:
+            versions[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[distribution] = None
+    return {"code": code[:16], **versions}
+
+
 def settings_fingerprint(settings: FeaturizeSettings) -> str:
-    """What makes two feature vectors comparable: weights content, input size, decode limits, job version."""
+    """What makes two feature vectors comparable: weights content, input size, decode limits, the featurizing
+    code and its libraries."""
     weights = settings.weights
     if weights != "none":
         path = imagenet_weights_path(settings.image_size) if weights == "imagenet" else Path(weights)
@@ -90,6 +123,7 @@ def settings_fingerprint(settings: FeaturizeSettings) -> str:
         "max_pixels": settings.max_pixels,
         "max_decode_bytes": settings.max_decode_bytes,
         "job": __version__,
+        "featurizing_code": featurizing_code(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -121,10 +155,45 @@ def prepare(spark, args: argparse.Namespace) -> RunContext:
     )
 
 
+def check_no_overlap(input_uri: str, output_uri: str) -> None:
+    """Refuse an output inside the input (the run would read its own outputs) or around it."""
+    images, outputs = canonical(input_uri) + "/", canonical(output_uri) + "/"
+    if images.startswith(outputs) or outputs.startswith(images):
+        raise LocationsOverlapError(
+            f"--output {output_uri} and --input {input_uri} overlap: a run would list its own outputs as images "
+            "(or a later run's inputs would hold them). Use sibling prefixes, e.g. s3a://BUCKET/images/ and "
+            "s3a://BUCKET/runs/"
+        )
+
+
+def check_spark_writes(run: RunContext) -> None:
+    """Write and remove a one-row Parquet file through Spark's own filesystem (s3a), which saves pca_model.
+
+    Missing or mismatched s3a jars, or credentials that boto3 finds and s3a
+    does not, would otherwise fail the run at its very end.
+    """
+    if not is_s3(run.run_uri):
+        return
+    probe = join(run.run_uri, "_s3a_probe")
+    try:
+        run.spark.range(1).coalesce(1).write.mode("overwrite").parquet(probe)
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        cause = next((line for line in lines if line.startswith(": ")), lines[0]).lstrip(": ")
+        raise StorageError(
+            f"Spark cannot write to {run.run_uri} through s3a ({cause[:300]}): check the s3a jars on the classpath "
+            "(roles/s3a_jars) and that s3a finds the same credentials as boto3; nothing was computed"
+        ) from exc
+    finally:
+        run.storage.delete_many([listed.path for listed in run.storage.list_files(probe)] + [probe + "/"])
+
+
 def check_locations(run: RunContext) -> None:
+    check_no_overlap(run.args.input, run.args.output)
     for uri in (run.args.input, run.args.output):
         run.storage.check_bucket(uri)
     run.storage.check_writable(run.run_uri)
+    check_spark_writes(run)
 
 
 class WarmUp:
@@ -198,6 +267,7 @@ def run(spark, args: argparse.Namespace) -> dict:
             context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
         )
         lock.acquire()
+        context.lock = lock
         try:
             return run_locked(context, inputs)
         finally:
@@ -206,10 +276,10 @@ def run(spark, args: argparse.Namespace) -> dict:
         context.warm_up.cancel()
 
 
-def make_plan(run: RunContext, images: list[ListedFile]) -> Plan:
+def make_plan(run: RunContext, images: list[ListedFile], *, retry: bool = True) -> Plan:
     commits = read_commits(run.storage, run.run_uri)
-    parts = {f.path for kind in ("features", "errors") for f in run.storage.list_files(join(run.run_uri, kind))}
-    return plan_run(images, commits, fingerprint=run.fingerprint, parts=parts)
+    parts = {f.path for kind in (FEATURES, ERRORS) for f in run.storage.list_files(join(run.run_uri, kind))}
+    return plan_run(images, commits, fingerprint=run.fingerprint, parts=parts, retry=retry)
 
 
 def read_previous_manifest(run: RunContext) -> dict | None:
@@ -239,7 +309,10 @@ def run_locked(run: RunContext, inputs: Inputs) -> dict:
         compact(run.storage, run.run_uri, commit=commit, kept=kept)
     featurize_todo(run, plan.todo)
     live = verify(run, inputs)
-    remove_leftovers(run.storage, run.run_uri, live=live, obsolete=[*plan.drop, *plan.missing])
+    # A record this run rewrote under the same name (its chunk redone with the same rows) is live again.
+    rewritten = {commit.uri for commit in live}
+    obsolete = [commit for commit in [*plan.drop, *plan.missing] if commit.uri not in rewritten]
+    remove_leftovers(run.storage, run.run_uri, live=live, obsolete=obsolete)
     return finish(run, inputs, plan=plan, live=live)
 
 
@@ -285,7 +358,8 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
 def verify(run: RunContext, inputs: Inputs) -> list[Commit]:
     """Check that every listed image is in exactly one committed row before anything is published."""
     with run.clock.stage("verify") as details:
-        plan = make_plan(run, inputs.images)
+        # The retryable errors just written are accounted for; the next run retries them.
+        plan = make_plan(run, inputs.images, retry=False)
         details.update(images=len(inputs.images), committed=plan.reused, commits=len(plan.live))
     if plan.todo or plan.compact or plan.missing:
         raise JobError(
@@ -299,29 +373,59 @@ def verify(run: RunContext, inputs: Inputs) -> list[Commit]:
 def count_rows(run: RunContext, inputs: Inputs, live: list[Commit]) -> Counts:
     from featurize.pipeline import label_of
 
-    featurized = [path for commit in live for path, _, kind in commit.rows if kind == "features"]
-    errors = sum(1 for commit in live for _, _, kind in commit.rows if kind == "errors")
+    kinds = Counter(kind for commit in live for _, _, kind in commit.rows)
+    featurized = [path for commit in live for path, _, kind in commit.rows if kind == FEATURES]
     labels = Counter(label_of(path, run.root) for path in featurized)
-    return Counts(inputs.files, len(inputs.images), len(featurized), errors, dict(labels))
+    return Counts(
+        inputs.files,
+        len(inputs.images),
+        len(featurized),
+        kinds[ERRORS] + kinds[RETRY],
+        dict(labels),
+        retryable_errors=kinds[RETRY],
+    )
 
 
-def errors_by_reason(run: RunContext, live: list[Commit]) -> dict[str, int]:
+def summarize_errors(run: RunContext, live: list[Commit]) -> tuple[dict[str, int], dict[str, dict]]:
+    """The 30 commonest reasons, and per AWS error code: images, whether a rerun retries them, what to do."""
     import io
 
     import pyarrow.parquet as pq
 
     reasons: Counter = Counter()
+    codes: dict[str, dict] = {}
     for commit in live:
         if commit.errors:
-            table = pq.read_table(io.BytesIO(run.storage.read_bytes(commit.errors)), columns=["reason"])
-            reasons.update(table.column("reason").to_pylist())
-    return dict(reasons.most_common(30))
+            table = pq.read_table(io.BytesIO(run.storage.read_bytes(commit.errors)))
+            rows = table.to_pylist()
+            reasons.update(row["reason"] for row in rows)
+            for row in rows:
+                if row.get("code"):
+                    entry = codes.setdefault(
+                        row["code"],
+                        {"images": 0, "retryable": bool(row.get("retryable")), "hint": READ_HINTS.get(row["code"], "")},
+                    )
+                    entry["images"] += 1
+    return dict(reasons.most_common(30)), codes
+
+
+def unread_message(run: RunContext, counts: Counts, codes: dict[str, dict]) -> str:
+    retried = {code: entry for code, entry in codes.items() if entry["retryable"]}
+    listed = ", ".join(f"{code} x{entry['images']}" for code, entry in retried.items())
+    hints = "".join(f". {code}: {entry['hint']}" for code, entry in retried.items() if entry["hint"])
+    return (
+        f"{counts.retryable_errors} images could not be read this time ({listed}); rerun with "
+        f"--run-id {run.args.run_id} to retry them (errors under {run.run_uri}/errors){hints}"
+    )
 
 
 def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -> dict:
     from featurize import pipeline
 
     counts = count_rows(run, inputs, live)
+    reasons, codes = summarize_errors(run, live)
+    if counts.featurized < 2 and counts.retryable_errors:
+        raise UnreadInputsError(unread_message(run, counts, codes))
     if counts.featurized < 2:
         raise JobError(f"PCA needs at least 2 featurized images, got {counts.featurized} (see {run.run_uri}/errors)")
     features = pipeline.persist_on_disk(pipeline.read_features(run.spark, live, run.fetch.endpoint_url))
@@ -329,14 +433,19 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         pca = fit_pca(run, features)
         pca_parts = write_pca(run, features, pca)
         manifest = make_manifest(run, plan=plan, live=live, counts=counts, pca=pca, pca_parts=pca_parts)
+        manifest["errors_by_code"] = codes
+        if counts.retryable_errors:
+            manifest["status"] = "complete_but_retryable_errors"
         with run.clock.stage("report") as details:
-            report = write_report(run, manifest, features=features, reasons=errors_by_reason(run, live), pca=pca)
+            report = write_report(run, manifest, features=features, reasons=reasons, pca=pca)
             manifest["outputs"]["report"] = report
             details.update(uri=report)
     finally:
         # Blocking: spark.stop() follows, and would race the removal of the blocks (warnings on the console).
         features.unpersist(blocking=True)
     # Written last: a run without manifest.json is not complete, whatever else is there.
+    if run.lock:
+        run.lock.check()
     run.storage.write_bytes(run.manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
     log.info(
         "run %s complete: %d images, %d featurized, %d errors, k=%d (%.1f%% variance), %.1f img/s, manifest %s",
@@ -349,6 +458,8 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         manifest["timing"]["images_per_second"] or 0.0,
         run.manifest_uri,
     )
+    if counts.retryable_errors:
+        raise UnreadInputsError(unread_message(run, counts, codes))
     return manifest
 
 

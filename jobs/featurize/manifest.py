@@ -26,6 +26,8 @@ class Counts:
     featurized: int
     errors: int
     per_class: dict[str, int]
+    # Of the errors, those a rerun retries (errors.RetryableReadError).
+    retryable_errors: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -34,6 +36,8 @@ class Counts:
             "inputs": self.inputs,
             "featurized": self.featurized,
             "errors": self.errors,
+            "errors_permanent": self.errors - self.retryable_errors,
+            "errors_retryable": self.retryable_errors,
             "classes": len(self.per_class),
             "per_class": dict(sorted(self.per_class.items(), key=lambda item: str(item[0]))),
         }

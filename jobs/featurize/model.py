@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from featurize.errors import WeightsNotFoundError
+
 FEATURE_DIM = 1280
 KERAS_WEIGHT_SIZES = (96, 128, 160, 192, 224)
 
 Extractor = Callable[[np.ndarray], np.ndarray]
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Weights the job was asked to use are not on this host."""
 
 
 def keras_home() -> Path:

@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from featurize.batch import BatchTimings, FeaturizeSettings, featurize_fetched
-from featurize.commits import Commit, write_chunk
+from featurize.commits import RETRY, Commit, write_chunk
 from featurize.fetch import FetchSettings, fetch_ahead
 from featurize.model import built_in_this_worker, worker_extractor
 from featurize.storage import ListedFile, Storage, join
@@ -42,6 +42,7 @@ COMMITTED_SCHEMA = T.StructType(
         T.StructField("commit", T.StringType()),
         T.StructField("featurized", T.LongType()),
         T.StructField("errors", T.LongType()),
+        T.StructField("retryable", T.LongType()),
     ]
 )
 FEATURES_SCHEMA = T.StructType(
@@ -116,8 +117,8 @@ def make_featurize_task(
             timings = BatchTimings()
             outcomes = featurize_fetched(group, extract, settings, timings=timings)
             pending += [
-                (*listed.pop(item.path), outcome.features, outcome.stage, outcome.reason)
-                for item, outcome in zip(group, outcomes, strict=True)
+                (*listed.pop(item.path), o.features, o.stage, o.reason, o.code, o.retryable)
+                for item, o in zip(group, outcomes, strict=True)
             ]
             if decode_seconds is not None:
                 decode_seconds.add(timings.decode_seconds)
@@ -132,10 +133,13 @@ def make_featurize_task(
 
 
 def _commit(storage: Storage, chunks: ChunkSettings, pending: list[tuple]) -> pd.DataFrame:
-    rows = pd.DataFrame(pending, columns=[*TODO_SCHEMA.names, "features", "stage", "reason"])
+    rows = pd.DataFrame(pending, columns=[*TODO_SCHEMA.names, "features", "stage", "reason", "code", "retryable"])
     commit = write_chunk(storage, chunks.run_uri, fingerprint=chunks.fingerprint, rows=rows)
     failed = int(rows["reason"].notna().sum())
-    return pd.DataFrame({"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed]})
+    retryable = sum(1 for *_, kind in commit.rows if kind == RETRY)
+    return pd.DataFrame(
+        {"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed], "retryable": [retryable]}
+    )
 
 
 def warm_up_frame(spark: SparkSession, settings: FeaturizeSettings) -> DataFrame:

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from featurize.errors import StorageError
+
 S3_SCHEMES = ("s3", "s3a", "s3n")
 # A conditional PUT that lost (412), or raced another conditional PUT on the same key (409).
 CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
@@ -57,6 +59,15 @@ class ListedFile:
     size: int
     etag: str
     modified: datetime
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    etag: str
+    modified: datetime
+    # The time of the read by the store's clock: S3's Date header, or this host's clock for a local file.
+    now: datetime
 
 
 _CLIENTS: dict[str | None, object] = {}
@@ -129,16 +140,54 @@ class Storage:
                 raise
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if replacing and self.etag(uri) != replacing:
-            return None
         if replacing:
-            path.unlink(missing_ok=True)
+            return self._replace_local(path, data, replacing)
         try:
             with open(path, "xb") as stream:
                 stream.write(data)
         except FileExistsError:
             return None
         return self.etag(uri)
+
+    @staticmethod
+    def _replace_local(path: Path, data: bytes, replacing: str) -> str | None:
+        """Compare-and-swap on a local file: the check and the rename happen under an exclusive flock."""
+        import fcntl
+
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with open(path.with_name(f".{path.name}.guard"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                current = local_etag(os.stat(path))
+            except FileNotFoundError:
+                return None
+            if current != replacing:
+                return None
+            partial.write_bytes(data)
+            os.replace(partial, path)
+            return local_etag(os.stat(path))
+
+    def read_versioned(self, uri: str) -> StoredObject | None:
+        """The object with its ETag and modification time, and the time now by the same clock (S3's on S3)."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            try:
+                response = self.s3.get_object(Bucket=bucket, Key=key)
+            except Exception as exc:
+                if error_code(exc) in ("NoSuchKey", "404"):
+                    return None
+                raise
+            from email.utils import parsedate_to_datetime
+
+            now = parsedate_to_datetime(response["ResponseMetadata"]["HTTPHeaders"]["date"])
+            return StoredObject(response["Body"].read(), response["ETag"], response["LastModified"], now)
+        path = local_path(uri)
+        try:
+            data, stat = path.read_bytes(), os.stat(path)
+        except FileNotFoundError:
+            return None
+        modified = datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+        return StoredObject(data, local_etag(stat), modified, datetime.now(timezone.utc))
 
     def etag(self, uri: str) -> str | None:
         if is_s3(uri):
@@ -180,16 +229,16 @@ class Storage:
         try:
             self.s3.head_bucket(Bucket=bucket)
         except NoCredentialsError as exc:
-            raise PermissionError(
+            raise StorageError(
                 "no AWS credentials found: on EC2 attach the instance profile, "
                 "locally set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
             ) from exc
         except ClientError as exc:
             code = error_code(exc)
             if code in ("404", "NoSuchBucket"):
-                raise FileNotFoundError(f"bucket does not exist: s3://{bucket}") from exc
+                raise StorageError(f"bucket does not exist: s3://{bucket}") from exc
             if code in ("403", "AccessDenied"):
-                raise PermissionError(f"access denied to bucket s3://{bucket}") from exc
+                raise StorageError(f"access denied to bucket s3://{bucket}") from exc
             raise
 
     def check_writable(self, uri: str) -> None:
@@ -201,9 +250,9 @@ class Storage:
             self.write_bytes(probe, b"")
             self.delete(probe)
         except OSError as exc:
-            raise PermissionError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
+            raise StorageError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
         except ClientError as exc:
-            raise PermissionError(f"output location {uri} is not writable: {error_code(exc) or exc}") from exc
+            raise StorageError(f"output location {uri} is not writable: {error_code(exc) or exc}") from exc
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):
@@ -221,7 +270,13 @@ class Storage:
         for start in range(0, len(s3_uris), 1000):
             chunk = [split_s3(uri) for uri in s3_uris[start : start + 1000]]
             objects = [{"Key": key} for _, key in chunk]
-            self.s3.delete_objects(Bucket=chunk[0][0], Delete={"Objects": objects, "Quiet": True})
+            response = self.s3.delete_objects(Bucket=chunk[0][0], Delete={"Objects": objects, "Quiet": True})
+            # DeleteObjects answers 200 even when some keys could not be deleted: each is in Errors.
+            if failed := response.get("Errors"):
+                raise StorageError(
+                    f"{len(failed)} of {len(objects)} objects could not be deleted in s3://{chunk[0][0]}/, "
+                    f"the first {failed[0].get('Key')}: {failed[0].get('Code')} {failed[0].get('Message', '')}"
+                )
 
     def list_files(self, uri: str) -> list[ListedFile]:
         """Every file under the folder ``uri``, recursively, sorted by path: one LIST request per 1,000 on S3.

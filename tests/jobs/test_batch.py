@@ -1,7 +1,8 @@
 import io
 
 import numpy as np
-from featurize.batch import BatchTimings, FeaturizeSettings, Outcome, featurize_contents, featurize_fetched
+from featurize.batch import BatchTimings, FeaturizeSettings, featurize_contents, featurize_fetched
+from featurize.errors import PermanentReadError, RetryableReadError
 from featurize.fetch import Fetched
 from PIL import Image
 
@@ -61,20 +62,19 @@ def test_a_batch_of_only_bad_files_never_calls_the_model():
 
 def test_read_errors_keep_their_place_among_decoded_images():
     fetched = [
-        Fetched("a", None, "deleted after it was listed"),
+        Fetched("a", None, PermanentReadError("deleted after it was listed", code="NoSuchKey")),
         Fetched("b", png((1, 2, 3)), None),
         Fetched("c", b"junk", None),
-        Fetched("d", None, "empty file (0 bytes)"),
+        Fetched("d", None, RetryableReadError("access denied to this object (AccessDenied)", code="AccessDenied")),
         Fetched("e", png((7, 8, 9)), None),
     ]
     outcomes = featurize_fetched(fetched, FakeModel(), FeaturizeSettings(image_size=8))
-    assert [(o.stage, o.reason) for o in outcomes] == [
-        ("read", "deleted after it was listed"),
-        (None, None),
-        ("decode", "not a recognised image format"),
-        ("read", "empty file (0 bytes)"),
-        (None, None),
+    assert [(o.stage, o.reason, o.code, o.retryable) for o in outcomes] == [
+        ("read", "deleted after it was listed", "NoSuchKey", False),
+        (None, None, None, None),
+        ("decode", "not a recognised image format", "", False),
+        ("read", "access denied to this object (AccessDenied)", "AccessDenied", True),
+        (None, None, None, None),
     ]
     np.testing.assert_allclose(outcomes[1].features[:3], [1, 2, 3])
     np.testing.assert_allclose(outcomes[4].features[:3], [7, 8, 9])
-    assert outcomes[0] == Outcome(stage="read", reason="deleted after it was listed")

@@ -1,6 +1,7 @@
 import pytest
 from featurize.cli import parse_args
-from featurize.model import WeightsNotFoundError, check_weights, imagenet_weights_path
+from featurize.errors import WeightsNotFoundError
+from featurize.model import check_weights, imagenet_weights_path
 
 
 def test_defaults():

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
 from featurize.commits import (
-    LockHeldError,
     RunLock,
     compact,
+    machine_identity,
+    pid_namespace,
     plan_run,
     read_commits,
     remove_leftovers,
     write_chunk,
 )
+from featurize.errors import LockHeldError
 from featurize.storage import ListedFile, Storage
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -25,14 +30,16 @@ def listed(path: str, etag: str) -> ListedFile:
     return ListedFile(path, 10, etag, NOW)
 
 
-def chunk_rows(*rows: tuple[str, str, bool]) -> pd.DataFrame:
+def chunk_rows(*rows: tuple[str, str, bool], retryable: bool = False) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "path": [path for path, _, _ in rows],
             "label": "A",
             "features": [None if bad else [0.5, 1.5] for _, _, bad in rows],
-            "stage": ["decode" if bad else None for _, _, bad in rows],
+            "stage": [("read" if retryable else "decode") if bad else None for _, _, bad in rows],
             "reason": ["broken" if bad else None for _, _, bad in rows],
+            "code": [("AccessDenied" if retryable else "") if bad else None for _, _, bad in rows],
+            "retryable": [retryable if bad else None for _, _, bad in rows],
             "size_bytes": 10,
             "etag": [etag for _, etag, _ in rows],
             "modified": NOW,
@@ -111,6 +118,25 @@ def test_leftover_parts_of_a_crash_are_removed(run_uri, tmp_path):
     assert parts_of(storage, run_uri) == set(live.parts)
 
 
+def test_retryable_errors_are_planned_again_and_permanent_ones_are_reused(run_uri):
+    storage = Storage()
+    images = [listed(f"{run_uri}/in/{name}.jpg", "e") for name in ("ok", "denied", "broken")]
+    good = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows((images[0].path, "e", False)))
+    denied = write_chunk(
+        storage, run_uri, fingerprint="fp", rows=chunk_rows((images[1].path, "e", True), retryable=True)
+    )
+    broken = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows((images[2].path, "e", True)))
+    parts = parts_of(storage, run_uri)
+
+    rerun = plan_run(images, [good, denied, broken], fingerprint="fp", parts=parts)
+    verified = plan_run(images, [good, denied, broken], fingerprint="fp", parts=parts, retry=False)
+
+    assert [image.path for image in rerun.todo] == [images[1].path]
+    assert (rerun.reused, [c.uri for c in rerun.drop]) == (2, [denied.uri])
+    assert (verified.todo, verified.reused, len(verified.live)) == ([], 3, 3)
+    assert [kind for *_, kind in denied.rows] == ["retry"] and [kind for *_, kind in broken.rows] == ["errors"]
+
+
 def test_chunk_accounting_is_checked_before_the_commit_is_written(run_uri):
     storage = Storage()
     with pytest.raises(RuntimeError, match="chunk accounting failed"):
@@ -129,7 +155,7 @@ def test_one_writer_per_run_id(lock_place):
     storage, run_uri = lock_place
     first = RunLock(storage, run_uri, ttl=timedelta(hours=1))
     first.acquire()
-    with pytest.raises(LockHeldError, match=r"being written by .*@.* pid \d+ since .* --break-lock"):
+    with pytest.raises(LockHeldError, match=r"being written by .*@.* pid \d+ \(renewed .* --break-lock"):
         RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()
     first.release()
     second = RunLock(storage, run_uri, ttl=timedelta(hours=1))
@@ -155,18 +181,64 @@ def test_a_dead_runs_lock_expires_or_is_broken(lock_place):
     taker.release()
 
 
-def test_a_lock_whose_process_died_on_this_host_is_taken_over(tmp_path):
-    import platform
-    import subprocess
-
-    storage, run_uri = Storage(), f"file:{tmp_path}/run"
+def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
-    dead_pid = process.pid
-    body = {"holder": "x", "host": platform.node(), "pid": dead_pid, "expires_at": "2999-01-01T00:00:00+00:00"}
-    storage.create(f"{run_uri}/_lock", json.dumps(body).encode())
-    RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()
-    body["host"] = "another-host"
-    (tmp_path / "run" / "_lock").write_text(json.dumps(body))
-    with pytest.raises(LockHeldError):
+    return process.pid
+
+
+def held_by(**identity) -> bytes:
+    body = {"holder": "x", "machine": machine_identity(), "pid_namespace": pid_namespace(), "ttl_seconds": 3600}
+    return json.dumps({**body, **identity}).encode()
+
+
+def test_a_lock_whose_process_died_on_this_machine_is_taken_over(tmp_path):
+    storage, run_uri = Storage(), f"file:{tmp_path}/run"
+    storage.create(f"{run_uri}/_lock", held_by(pid=dead_pid()))
+    taker = RunLock(storage, run_uri, ttl=timedelta(hours=1))
+    taker.acquire()
+    taker.release()
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        {"machine": "boot:another-kernel@" + platform.node()},
+        {"pid_namespace": "pid:[1]"},  # a container on this kernel, with the same hostname
+    ],
+    ids=["other machine, same hostname", "same machine, other PID namespace"],
+)
+def test_a_pid_that_is_not_running_here_says_nothing_about_a_holder_elsewhere(tmp_path, elsewhere):
+    storage, run_uri = Storage(), f"file:{tmp_path}/run"
+    storage.create(f"{run_uri}/_lock", held_by(pid=dead_pid(), **elsewhere))
+    with pytest.raises(LockHeldError, match="being written by x"):
         RunLock(storage, run_uri, ttl=timedelta(hours=1)).acquire()
+
+
+def test_lock_renewed_past_ttl_then_lost_when_dead(lock_place):
+    storage, run_uri = lock_place
+    alive = RunLock(storage, run_uri, ttl=timedelta(seconds=2))
+    alive.acquire()
+    time.sleep(3)
+    with pytest.raises(LockHeldError):
+        RunLock(storage, run_uri, ttl=timedelta(seconds=2)).acquire()
+    # Dead: it stops renewing without releasing, as a killed process does.
+    alive.stop_renewing()
+    time.sleep(3)
+    taker = RunLock(storage, run_uri, ttl=timedelta(hours=1))
+    taker.acquire()
+    alive.release()
+    assert storage.etag(f"{run_uri}/_lock") == taker.etag, "a release after a takeover changes nothing"
+    assert alive.lost is False and json.loads(storage.read_bytes(f"{run_uri}/_lock"))["released"] is False
+    taker.release()
+    assert json.loads(storage.read_bytes(f"{run_uri}/_lock"))["released"] is True
+
+
+def test_lock_taken_over_is_found_before_publishing(lock_place):
+    storage, run_uri = lock_place
+    holder = RunLock(storage, run_uri, ttl=timedelta(seconds=2))
+    holder.acquire()
+    RunLock(storage, run_uri, ttl=timedelta(hours=1), break_lock=True).acquire()
+    time.sleep(1.5)
+    with pytest.raises(LockHeldError, match="took over the lock"):
+        holder.check()

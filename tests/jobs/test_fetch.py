@@ -48,18 +48,19 @@ def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto
     s3.put_object(Bucket=bucket, Key="images/swapped.jpg", Body=b"a new version")
     settings = FetchSettings(endpoint_url=moto_endpoint, max_file_bytes=2)
     results = {
-        r.path.rsplit("/", 1)[-1]: (r.data, r.error)
+        r.path.rsplit("/", 1)[-1]: (r.data, r.error and (str(r.error), r.error.retryable))
         for r in fetch_ahead([(f.path, f.size, f.etag) for f in listing], FetchSettings(moto_endpoint))
     }
+    # Permanent: a rerun lists again, and a gone or replaced object is no longer this (path, ETag).
     assert results == {
         "a.jpg": (b"aaa", None),
         "odd #1 %2F+ [x]?.jpg": (b"bbb", None),
-        "empty.jpg": (None, "empty file (0 bytes)"),
-        "gone.jpg": (None, "deleted after it was listed"),
-        "swapped.jpg": (None, f"replaced after it was listed (ETag is no longer {listing[-1].etag})"),
+        "empty.jpg": (None, ("empty file (0 bytes)", False)),
+        "gone.jpg": (None, ("deleted after it was listed", False)),
+        "swapped.jpg": (None, (f"replaced after it was listed (ETag is no longer {listing[-1].etag})", False)),
     }
     [big] = fetch_ahead([(listing[0].path, 3, listing[0].etag)], settings)
-    assert big.error == "file too large: 3 bytes, limit is 2"
+    assert str(big.error) == "file too large: 3 bytes, limit is 2"
 
 
 @pytest.mark.parametrize("name", ["new[1].jpg", "a b.jpg", "-dash.jpg", "100%.jpg", "été.jpg", "e\u0301te\u0301.jpg"])

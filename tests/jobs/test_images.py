@@ -2,12 +2,8 @@ import io
 
 import numpy as np
 import pytest
-from featurize.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    decode_image,
-    has_image_extension,
-)
+from featurize.errors import ImageDecodeError
+from featurize.images import DEFAULT_MAX_PIXELS, decode_image, has_image_extension
 from fuzz_corpus import write_corpus
 from PIL import Image
 
@@ -135,3 +131,10 @@ def test_decode_memory_is_checked_from_the_header_before_decoding():
         decode_image(big_png, 32)
     big_jpeg = encode(Image.new("RGB", (6000, 6000), (200, 10, 10)), "JPEG")
     assert decode_image(big_jpeg, 32).shape == (32, 32, 3), "JPEG decodes at a reduced scale, within the limit"
+
+
+def test_formats_outside_the_allowed_list_are_refused_whatever_the_name():
+    tiff = encode(Image.new("RGB", (40, 30), (200, 10, 10)), "TIFF")
+
+    with pytest.raises(ImageDecodeError, match="not a recognised image format"):
+        decode_image(tiff, 32)

@@ -49,7 +49,7 @@ def test_notebook_executes_and_reads_its_outputs_back(s3, bucket, moto_endpoint,
         not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"
     ), "outputs stripped in git"
 
-    with iam_enforced(moto_endpoint, host_policy(bucket)) as host_credentials:
+    with iam_enforced(moto_endpoint, host_policy(bucket), bucket) as host_credentials:
         for name, value in host_credentials.items():
             monkeypatch.setenv(name, value)
         client = NotebookClient(

@@ -1,0 +1,31 @@
+"""Storage answers S3's partial failures as failures (without Spark or moto)."""
+
+from __future__ import annotations
+
+import pytest
+from featurize.errors import StorageError
+from featurize.storage import Storage
+
+
+class PartlyFailingS3:
+    def delete_objects(self, Bucket, Delete):
+        keys = [item["Key"] for item in Delete["Objects"]]
+        return {"Errors": [{"Key": keys[1], "Code": "AccessDenied", "Message": "Access Denied"}]}
+
+
+def test_delete_objects_errors_in_a_200_answer_are_raised(monkeypatch):
+    monkeypatch.setattr(Storage, "s3", property(lambda self: PartlyFailingS3()))
+
+    expected = r"1 of 3 objects could not be deleted in s3://b/, the first k2: AccessDenied"
+    with pytest.raises(StorageError, match=expected):
+        Storage("http://127.0.0.1:1").delete_many(["s3a://b/k1", "s3a://b/k2", "s3a://b/k3"])
+
+
+def test_a_local_compare_and_swap_refuses_a_stale_etag(tmp_path):
+    storage = Storage()
+    uri = f"file:{tmp_path}/lock"
+    first = storage.create(uri, b"one")
+    second = storage.create(uri, b"two", replacing=first)
+
+    assert storage.create(uri, b"three", replacing=first) is None
+    assert storage.read_bytes(uri) == b"two" and storage.etag(uri) == second
