@@ -68,6 +68,8 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
 
 
 HOST_POLICY_TEMPLATE = Path(__file__).resolve().parents[1] / "roles" / "aws_infra" / "templates" / "host_policy.json.j2"
+
+
 # Two places where moto's IAM checks differ from AWS's, and the statements that make moto
 # accept what AWS accepts under the host policy: moto checks HeadBucket as its own action
 # (AWS: s3:ListBucket, granted), and DeleteObjects as s3:DeleteObject on the *bucket*
