@@ -124,6 +124,13 @@ def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.Da
     return commit
 
 
+def read_error_rows(storage: Storage, commit: Commit) -> list[dict]:
+    """The error rows of a commit, as dicts of ERROR_COLUMNS (parts written before a column existed lack it)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(storage.read_bytes(commit.errors))).to_pylist() if commit.errors else []
+
+
 def read_commits(storage: Storage, run_uri: str) -> list[Commit]:
     """Every commit record of the run: one LIST per 1,000 records, one GET per record."""
     commits = []

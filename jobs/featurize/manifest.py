@@ -14,6 +14,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 from featurize import __version__
+from featurize.commits import ERRORS, FEATURES, RETRY, Commit, Plan, read_error_rows
+from featurize.context import RunContext
+from featurize.fetch import READ_HINTS
 from featurize.storage import join
 
 OUTPUTS = ("features", "errors", "pca", "pca_model")
@@ -41,10 +44,6 @@ class Counts:
             "classes": len(self.per_class),
             "per_class": dict(sorted(self.per_class.items(), key=lambda item: str(item[0]))),
         }
-
-
-def per_class(labels) -> dict[str, int]:
-    return dict(Counter(label for label in labels))
 
 
 def library_versions() -> dict[str, str]:
@@ -108,3 +107,100 @@ def build_manifest(
         },
         "outputs": {**{name: join(run_uri, name) for name in OUTPUTS}, **outputs},
     }
+
+
+def count_rows(run: RunContext, *, files: int, images: int, live: list[Commit]) -> Counts:
+    from featurize.pipeline import label_of
+
+    kinds = Counter(kind for commit in live for _, _, kind in commit.rows)
+    featurized = [path for commit in live for path, _, kind in commit.rows if kind == FEATURES]
+    labels = Counter(label_of(path, run.root) for path in featurized)
+    return Counts(
+        files,
+        images,
+        len(featurized),
+        kinds[ERRORS] + kinds[RETRY],
+        dict(labels),
+        retryable_errors=kinds[RETRY],
+    )
+
+
+def summarize_errors(run: RunContext, live: list[Commit]) -> tuple[dict[str, int], dict[str, dict]]:
+    """The 30 commonest reasons, and per AWS error code: images, whether a rerun retries them, what to do."""
+    reasons: Counter = Counter()
+    codes: dict[str, dict] = {}
+    for commit in live:
+        if commit.errors:
+            rows = read_error_rows(run.storage, commit)
+            reasons.update(row["reason"] for row in rows)
+            for row in rows:
+                if row.get("code"):
+                    entry = codes.setdefault(
+                        row["code"],
+                        {"images": 0, "retryable": bool(row.get("retryable")), "hint": READ_HINTS.get(row["code"], "")},
+                    )
+                    entry["images"] += 1
+    return dict(reasons.most_common(30)), codes
+
+
+def unread_message(run: RunContext, counts: Counts, codes: dict[str, dict]) -> str:
+    retried = {code: entry for code, entry in codes.items() if entry["retryable"]}
+    listed = ", ".join(f"{code} x{entry['images']}" for code, entry in retried.items())
+    hints = "".join(f". {code}: {entry['hint']}" for code, entry in retried.items() if entry["hint"])
+    return (
+        f"{counts.retryable_errors} images could not be read this time ({listed}); rerun with "
+        f"--run-id {run.args.run_id} to retry them (errors under {run.run_uri}/errors){hints}"
+    )
+
+
+def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Counts, pca, pca_parts) -> dict:
+    sc = run.spark.sparkContext
+    args = run.args
+    return build_manifest(
+        run_id=args.run_id,
+        input_uri=args.input,
+        run_uri=run.run_uri,
+        started_at=run.started_at,
+        parameters={
+            "weights": args.weights,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "max_pixels": run.settings.max_pixels,
+            "max_decode_bytes": run.settings.max_decode_bytes,
+            "tf_threads": run.settings.tf_threads,
+            "pca_variance": args.pca_variance,
+            "pca_k": args.pca_k,
+            "files_per_partition": args.files_per_partition,
+            "commit_every": args.commit_every,
+            "fetch_concurrency": args.fetch_concurrency,
+            "spark_master": sc.master,
+            "default_parallelism": sc.defaultParallelism,
+        },
+        incremental={
+            "identity": "path + ETag from the listing + settings fingerprint",
+            "fingerprint": run.fingerprint,
+            "commits": len(live),
+            "reused_images": plan.reused,
+            "featurized_now": len(plan.todo),
+            "rewritten_commits": len(plan.compact),
+            "dropped_commits": len(plan.drop),
+            "recomputed_missing_commits": len(plan.missing),
+        },
+        counts=counts,
+        pca={
+            "k": pca.k,
+            "target_variance": args.pca_variance,
+            "explained_variance_at_k": pca.cumulative_at_k,
+            "explained_variance": pca.explained_variance,
+        },
+        timing={
+            "stages_seconds": run.clock.seconds,
+            "worker_cpu_seconds": run.worker_cpu_seconds,
+            "warm_up": {
+                "python_workers": run.warm_up.workers if run.warm_up else 0,
+                "seconds": round(run.warm_up.seconds, 3) if run.warm_up else 0.0,
+                "models_built_by_featurize_tasks": run.models_built_by_featurize,
+            },
+        },
+        outputs={"pca_parts": pca_parts, "commits": [commit.uri for commit in live]},
+    )

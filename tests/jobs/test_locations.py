@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from featurize.errors import LocationsOverlapError
-from featurize.job import check_no_overlap
+from featurize.locations import check_no_overlap
 
 
 @pytest.mark.parametrize(

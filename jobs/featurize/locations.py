@@ -1,0 +1,44 @@
+"""Where a run reads and writes: folder URIs as listings spell them, and the checks made before any work."""
+
+from __future__ import annotations
+
+from featurize.errors import LocationsOverlapError, StorageError
+from featurize.storage import Storage, is_s3, join, local_path
+
+
+def canonical(uri: str) -> str:
+    """A folder URI as listed paths spell it: ``s3a://bucket/prefix`` or ``file:/abs/dir``, no trailing slash."""
+    return uri.rstrip("/") if is_s3(uri) else "file:" + str(local_path(uri)).rstrip("/")
+
+
+def check_no_overlap(input_uri: str, output_uri: str) -> None:
+    """Refuse an output inside the input (the run would read its own outputs) or around it."""
+    images, outputs = canonical(input_uri) + "/", canonical(output_uri) + "/"
+    if images.startswith(outputs) or outputs.startswith(images):
+        raise LocationsOverlapError(
+            f"--output {output_uri} and --input {input_uri} overlap: a run would list its own outputs as images "
+            "(or a later run's inputs would hold them). Use sibling prefixes, e.g. s3a://BUCKET/images/ and "
+            "s3a://BUCKET/runs/"
+        )
+
+
+def check_spark_writes(spark, storage: Storage, run_uri: str) -> None:
+    """Write and remove a one-row Parquet file through Spark's own filesystem (s3a), which saves pca_model.
+
+    Missing or mismatched s3a jars, or credentials that boto3 finds and s3a
+    does not, would otherwise fail the run at its very end.
+    """
+    if not is_s3(run_uri):
+        return
+    probe = join(run_uri, "_s3a_probe")
+    try:
+        spark.range(1).coalesce(1).write.mode("overwrite").parquet(probe)
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        cause = next((line for line in lines if line.startswith(": ")), lines[0]).lstrip(": ")
+        raise StorageError(
+            f"Spark cannot write to {run_uri} through s3a ({cause[:300]}): check the s3a jars on the classpath "
+            "(roles/s3a_jars) and that s3a finds the same credentials as boto3; nothing was computed"
+        ) from exc
+    finally:
+        storage.delete_many([listed.path for listed in storage.list_files(probe)] + [probe + "/"])

@@ -1,0 +1,66 @@
+"""The run's published outputs after the features: PCA fit, projection and model, and the report."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from featurize.context import RunContext
+from featurize.storage import join
+
+log = logging.getLogger("featurize")
+
+
+def fit_pca(run: RunContext, features):
+    from featurize import pipeline
+
+    with run.clock.stage("pca_fit") as details:
+        pca = pipeline.fit_pca(features, k=run.args.pca_k, target_variance=run.args.pca_variance or 0.95)
+        details.update(k=pca.k, explained=round(pca.cumulative_at_k, 4))
+    return pca
+
+
+def write_pca(run: RunContext, features, pca) -> list[str]:
+    from featurize import pipeline
+
+    with run.clock.stage("pca_write") as details:
+        output = join(run.run_uri, "pca")
+        previous = [f.path for f in run.storage.list_files(output)]
+        name = f"{run.fingerprint}-k{pca.k}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+        parts = pipeline.write_projection(
+            run.spark, features, pca, uri=output, name=name, endpoint_url=run.fetch.endpoint_url
+        )
+        run.storage.delete_many([path for path in previous if path not in parts])
+        pca.model.write().overwrite().save(join(run.run_uri, "pca_model"))
+        details.update(parts=len(parts))
+    return parts
+
+
+def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str, int], pca) -> str | None:
+    """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run.
+
+    The scatter projects the sample with the fitted PCA stage itself, so PC 2 is
+    shown even when the variance target keeps a single component.
+    """
+    from pyspark.ml.functions import vector_to_array
+
+    from featurize.report import SCATTER_SAMPLE, build_report
+
+    try:
+        featurized = manifest["counts"]["featurized"]
+        fraction = min(1.0, 1.2 * SCATTER_SAMPLE / max(featurized, 1))
+        pca_stage = pca.model.stages[0]
+        sample = (
+            pca_stage.transform(features.sample(fraction=fraction, seed=0).limit(SCATTER_SAMPLE))
+            .select(vector_to_array(pca_stage.getOutputCol()).alias("pc"), "label")
+            .collect()
+        )
+        points = [(row.pc[0], row.pc[1] if len(row.pc) > 1 else 0.0, row.label) for row in sample]
+        report_uri = join(run.run_uri, "report")
+        for name, data in build_report(manifest, points, reasons).items():
+            content_type = "text/html" if name.endswith(".html") else "image/png"
+            run.storage.write_bytes(join(report_uri, name), data, content_type)
+        return join(report_uri, "report.html")
+    except Exception:  # the data outputs are complete; a plotting problem must not discard them
+        log.exception("report could not be written; the run's data outputs are complete")
+        return None
