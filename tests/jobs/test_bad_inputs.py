@@ -102,6 +102,8 @@ def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
         "inputs": 13,
         "featurized": 9,
         "errors": 4,
+        "errors_permanent": 4,
+        "errors_retryable": 0,
         "classes": 3,
         "per_class": None,
     }

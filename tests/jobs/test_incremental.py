@@ -93,3 +93,20 @@ def test_other_feature_settings_recompute_instead_of_mixing_models(sample_dir, t
     dropped = second["incremental"]["dropped_commits"]
     assert (second["incremental"]["featurized_now"], dropped) == (6, first["incremental"]["commits"])
     assert run(images, out, pca_k=2, image_size=96)["finished_at"] == second["finished_at"]
+
+
+def test_chunks_redone_under_their_own_names_are_kept_after_features_is_deleted(sample_dir, tmp_path):
+    """The rerun rewrites the chunks whose parts went missing under the same names: cleanup must keep them."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    shutil.copytree(sample_dir / "Kiwi", images / "Kiwi")
+    total = sum(1 for _ in images.rglob("*.jpg"))
+    run(images, out)
+    shutil.rmtree(out / "inc" / "features")
+
+    redone = run(images, out)
+    records = sorted(path.name for path in (out / "inc" / "_commits").glob("*.json"))
+    third = run(images, out)
+
+    assert redone["incremental"]["featurized_now"] == total
+    assert records == sorted(name.rsplit("/", 1)[-1] for name in redone["outputs"]["commits"])
+    assert third == redone, "the third run found every image committed and changed nothing"

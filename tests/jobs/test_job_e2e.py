@@ -59,6 +59,8 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
         "inputs": len(expected_labels) + 1,
         "featurized": len(expected_labels),
         "errors": 1,
+        "errors_permanent": 1,
+        "errors_retryable": 0,
         "classes": 24,
         "per_class": None,
     }
