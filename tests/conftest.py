@@ -76,7 +76,9 @@ def s3(moto_endpoint):
 
 @pytest.fixture
 def bucket(s3, request):
-    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+    # A hash of the whole test id keeps parametrized tests whose names share 60 characters apart.
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:50].strip("-") + "-" + digest
     s3.create_bucket(
         Bucket=name, CreateBucketConfiguration={"LocationConstraint": TEST_CREDENTIALS["AWS_DEFAULT_REGION"]}
     )

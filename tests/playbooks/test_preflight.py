@@ -40,7 +40,7 @@ def site_vars(endpoint: str, tmp_path, **overrides) -> dict:
         ("no_class_folders", "has no class folders"),
         ("no_images", "has class folders but no images in them"),
         ("bad_bucket", "is not an S3 bucket name"),
-        ("no_key_dir", "cannot be written: its folder"),
+        ("no_key_dir", "is not a writable folder"),
         ("open_key", "exists but is not a file readable by its owner only"),
         ("missing_weights", "is not a file on the controller"),
     ],
@@ -56,7 +56,7 @@ def test_site_refuses_bad_local_inputs_before_creating_anything(moto_endpoint, s
         "no_class_folders": {"upload_images_dir": str(images / "Apple")},
         "no_images": {"upload_images_dir": str(images)},
         "bad_bucket": {**good, "fruitcloud_bucket": "My_Bucket"},
-        "no_key_dir": {**good, "fruitcloud_ssh_private_key": str(tmp_path / "absent" / "k.pem")},
+        "no_key_dir": {**good, "fruitcloud_ssh_private_key": str(tmp_path / "keys" / "open.pem" / "k.pem")},
         "open_key": {**good, "fruitcloud_ssh_private_key": str(tmp_path / "keys" / "open.pem")},
         "missing_weights": {**good, "model_weights_local_file": str(tmp_path / "w.h5")},
     }[case]

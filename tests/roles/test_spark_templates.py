@@ -39,6 +39,8 @@ def render(tmp_path, role: str, secret: str | None) -> dict[str, str]:
         "templates": str(REPO / "roles/spark/templates"),
         "spark_standalone_role": role,
         "spark_master_host": "10.0.0.4",
+        # What install-wheel.yml reads from the host's pyspark.
+        "__spark_wheel_home": "/opt/fruitcloud/env/lib/python3.12/site-packages/pyspark",
         **({"__spark_auth_secret": secret} if secret else {}),
     }
     run = run_playbook(str(playbook), localhost_inventory(tmp_path), chosen)
