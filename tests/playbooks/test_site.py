@@ -168,6 +168,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
     manifest = first
+    # Before the rerun's manifest is read, so that a failed rerun shows its own output.
+    assert rerun.returncode == 0, rerun.output[-4000:]
     again = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
     assert manifest["host"]["user"] == "fruitcloud"
     assert manifest["parameters"]["weights"] == "imagenet"
@@ -200,7 +202,6 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert "TASK [Ask JupyterLab for its API status on 127.0.0.1]" in started.output
     assert started.recap(HOST)["failed"] == 0
 
-    assert rerun.returncode == 0, rerun.output[-4000:]
     assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
     assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (3976, 3977)
     assert (again["incremental"]["featurized_now"], again["incremental"]["reused_images"]) == (1, 3976)
