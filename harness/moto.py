@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,8 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 # moto accepts any keys; these are its documented dummies, never real credentials.
 TEST_CREDENTIALS = {
@@ -28,9 +29,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def moto_executable() -> str:
-    beside_python = Path(sys.executable).with_name("moto_server")
-    return str(beside_python) if beside_python.exists() else shutil.which("moto_server") or "moto_server"
+def moto_command() -> list[str]:
+    """moto_server, with the S3 listing fix of harness.moto_s3_listing."""
+    return [sys.executable, "-m", "harness.moto_s3_listing"]
 
 
 @contextmanager
@@ -40,10 +41,10 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
     endpoint = f"http://127.0.0.1:{port}"
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - outlives this statement
     process = subprocess.Popen(
-        [moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
+        [*moto_command(), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **TEST_CREDENTIALS, **(extra_env or {})},
+        env={**os.environ, "PYTHONPATH": str(REPO), **TEST_CREDENTIALS, **(extra_env or {})},
         start_new_session=True,
     )
     try:
@@ -67,7 +68,7 @@ def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None
             log.close()
 
 
-HOST_POLICY_TEMPLATE = Path(__file__).resolve().parents[1] / "roles" / "aws_infra" / "templates" / "host_policy.json.j2"
+HOST_POLICY_TEMPLATE = REPO / "roles" / "aws_infra" / "templates" / "host_policy.json.j2"
 
 
 # Two places where moto's IAM checks differ from AWS's, and the statements that make moto

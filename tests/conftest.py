@@ -82,6 +82,8 @@ def bucket(s3, request):
     s3.create_bucket(
         Bucket=name, CreateBucketConfiguration={"LocationConstraint": TEST_CREDENTIALS["AWS_DEFAULT_REGION"]}
     )
+    # Versioned, as roles/aws_infra provisions the bucket: deletes leave delete markers behind.
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
 
 
