@@ -5,8 +5,8 @@ Spark's binaryFile reader stats and opens each file before reading it (about
 S3 latency a task waits on the network most of the time. Here a task knows
 each file's size and ETag from the driver's single listing, so it issues
 plain GETs (If-Match the listed ETag) from a pool of threads, keeping up to
-``max_in_flight`` requests and ``max_bytes_in_flight`` bytes ahead of the
-consumer. Runs of the pandas UDF in Python workers; no Spark here.
+``max_in_flight`` requests ahead of the consumer and at most
+``max_bytes_in_flight`` bytes (plus one file) in memory. Runs of the pandas UDF in Python workers; no Spark here.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ def read_local(path: str, etag: str) -> bytes:
 
 
 def read_one(path: str, size: int, etag: str, *, settings: FetchSettings) -> bytes:
+    if path.endswith("/"):
+        raise PermanentReadError(f"{size} bytes stored under a folder key (ends with /): rename the object")
     if size == 0:
         raise PermanentReadError("empty file (0 bytes)")
     if size > settings.max_file_bytes:
@@ -106,37 +108,50 @@ def read_one(path: str, size: int, etag: str, *, settings: FetchSettings) -> byt
     return read_s3(path, etag, settings) if is_s3(path) else read_local(path, etag)
 
 
-def fetch_ahead(files: Iterable[tuple[str, int, str]], settings: FetchSettings) -> Iterator[Fetched]:
-    """Yield each ``(path, size, etag)`` as Fetched, in order, with reads running ahead of the consumer.
+def fetch_batches(
+    files: Iterable[tuple[str, int, str]], settings: FetchSettings, batch_size: int
+) -> Iterator[list[Fetched]]:
+    """Yield each ``(path, size, etag)`` as Fetched, in order and in batches, with reads running ahead.
 
-    Every problem of a read (gone, replaced, empty, too large, denied,
-    archived, S3 unreachable after retries) comes back as Fetched.error: no
-    object fails the task.
+    The bytes of a batch count against ``max_bytes_in_flight`` until the
+    consumer asks for the next batch (it must drop its references by then),
+    so a task holds at most the cap plus one file: at least one read is
+    always allowed, however large its file, and a batch ends early once its
+    own bytes reach the cap. Every problem of a read (gone, replaced, empty,
+    too large, denied, archived, S3 unreachable after retries) comes back as
+    Fetched.error: no object fails the task.
     """
     pending: deque[tuple[str, int, Future]] = deque()
-    in_flight_bytes = 0
+    held_bytes = 0  # of the reads in flight and of the batch being built or consumed
     source = iter(files)
     exhausted = False
     with ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="fetch") as pool:
-        while pending or not exhausted:
-            # At least one read is always in flight, however large its file.
-            while (
-                not exhausted
-                and len(pending) < settings.max_in_flight
-                and (not pending or in_flight_bytes < settings.max_bytes_in_flight)
-            ):
+
+        def read_ahead() -> None:
+            nonlocal held_bytes, exhausted
+            while not exhausted and len(pending) < settings.max_in_flight and held_bytes < settings.max_bytes_in_flight:
                 following = next(source, None)
                 if following is None:
                     exhausted = True
-                    break
+                    return
                 path, size, etag = following
                 pending.append((path, size, pool.submit(read_one, path, size, etag, settings=settings)))
-                in_flight_bytes += size
-            if not pending:
-                break
-            path, size, future = pending.popleft()
-            in_flight_bytes -= size
-            try:
-                yield Fetched(path, future.result())
-            except RecordedError as exc:
-                yield Fetched(path, None, exc)
+                held_bytes += size
+
+        while True:
+            batch: list[Fetched] = []
+            batch_bytes = 0
+            read_ahead()
+            while pending and len(batch) < batch_size and batch_bytes < settings.max_bytes_in_flight:
+                path, size, future = pending.popleft()
+                try:
+                    batch.append(Fetched(path, future.result()))
+                except RecordedError as exc:
+                    batch.append(Fetched(path, None, exc))
+                batch_bytes += size
+                read_ahead()
+            if not batch:
+                return
+            yield batch
+            del batch
+            held_bytes -= batch_bytes

@@ -74,10 +74,15 @@ class Inputs:
     images: list[ListedFile]
 
 
+def is_input(path: str) -> bool:
+    """An image by its name; content under a folder key too, so that it ends as an error row, not unseen."""
+    return path.endswith("/") or has_image_extension(path.rsplit("/", 1)[-1])
+
+
 def list_inputs(run: RunContext) -> Inputs:
     with run.clock.stage("list") as details:
         files = run.storage.list_files(run.args.input)
-        images = [file for file in files if has_image_extension(file.path.rsplit("/", 1)[-1])]
+        images = [file for file in files if is_input(file.path)]
         details.update(files=len(files), images=len(images), ignored=len(files) - len(images))
     if not images:
         raise JobError(

@@ -11,7 +11,6 @@ import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from pyspark.sql import types as T
 
 from featurize.batch import BatchTimings, FeaturizeSettings, featurize_fetched
 from featurize.commits import RETRY, Commit, write_chunk
-from featurize.fetch import FetchSettings, fetch_ahead
+from featurize.fetch import FetchSettings, fetch_batches
 from featurize.model import built_in_this_worker, worker_extractor
 from featurize.storage import ListedFile, Storage, join
 
@@ -90,7 +89,7 @@ def make_featurize_task(
 ):
     """The pandas function of the featurize stage: images to fetch in, one row per committed chunk out.
 
-    Reads run ahead of the CNN (fetch_ahead); every ``commit_every`` images the
+    Reads run ahead of the CNN (fetch_batches); every ``commit_every`` images the
     task commits a chunk, so a crash loses at most that much work per task.
     The model is built once per Python worker (by warm_up_frame, or else by
     the worker's first task, counted in ``models_built``) and reused.
@@ -111,15 +110,16 @@ def make_featurize_task(
                     listed[row.path] = row
                     yield row.path, row.size_bytes, row.etag
 
-        fetched = fetch_ahead(files(), fetch)
         pending: list[tuple] = []
-        while group := list(islice(fetched, settings.batch_size)):
+        for group in fetch_batches(files(), fetch, settings.batch_size):
             timings = BatchTimings()
             outcomes = featurize_fetched(group, extract, settings, timings=timings)
             pending += [
                 (*listed.pop(item.path), o.features, o.stage, o.reason, o.code, o.retryable)
                 for item, o in zip(group, outcomes, strict=True)
             ]
+            # The batch's bytes are counted until the next batch is asked for: let them go now.
+            del group
             if decode_seconds is not None:
                 decode_seconds.add(timings.decode_seconds)
                 cnn_seconds.add(timings.cnn_seconds)

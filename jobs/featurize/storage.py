@@ -293,7 +293,7 @@ class Storage:
         bucket, prefix = split_s3(join(uri, ""))
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                if item["Key"].endswith("/"):
+                if item["Key"].endswith("/") and item["Size"] == 0:
                     continue  # a folder marker made by a console or s3a, not a file
                 yield ListedFile(f"{scheme}://{bucket}/{item['Key']}", item["Size"], item["ETag"], item["LastModified"])
 

@@ -7,8 +7,12 @@ import time
 
 import pytest
 from featurize import fetch
-from featurize.fetch import FetchSettings, fetch_ahead
+from featurize.fetch import FetchSettings, fetch_batches
 from featurize.storage import Storage
+
+
+def fetch_all(files, settings, batch_size=8):
+    return [item for batch in fetch_batches(files, settings, batch_size) for item in batch]
 
 
 def test_reads_run_ahead_in_order_within_the_bounds(monkeypatch):
@@ -27,15 +31,32 @@ def test_reads_run_ahead_in_order_within_the_bounds(monkeypatch):
     monkeypatch.setattr(fetch, "read_one", slow_read)
     files = [(f"p{i}", 100, "e") for i in range(200)]
     started = time.perf_counter()
-    results = list(fetch_ahead(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=10_000)))
+    results = fetch_all(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=10_000))
     elapsed = time.perf_counter() - started
     assert [r.data for r in results] == [f"p{i}".encode() for i in range(200)]
     assert 8 <= peak <= 16
     assert elapsed < 200 * 0.02 / 4, "reads overlap"
 
-    peak = 0
-    list(fetch_ahead(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=300)))
-    assert peak <= 3, "bytes in flight are capped"
+
+def test_a_batch_holds_its_bytes_until_the_next_batch_is_asked_for(monkeypatch):
+    started = 0
+
+    def read(path, size, etag, settings):
+        nonlocal started
+        started += 1
+        return b"x" * size
+
+    monkeypatch.setattr(fetch, "read_one", read)
+    files = [(f"p{i}", 100, "e") for i in range(50)] + [("huge", 1000, "e")] + [(f"q{i}", 100, "e") for i in range(5)]
+    released, sizes = 0, []
+    for batch in fetch_batches(files, FetchSettings(max_in_flight=16, max_bytes_in_flight=300), batch_size=8):
+        # Held now: this batch and the reads ahead of it, 300 bytes at most plus one file.
+        held = sum(len(item.data) for item in batch) + 100 * (started - released - len(batch))
+        assert held <= 300 + 1000
+        sizes.append(len(batch))
+        released += len(batch)
+    assert released == len(files)
+    assert max(sizes) == 3, "a batch ends once its own bytes reach the cap"
 
 
 def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto_endpoint):
@@ -49,7 +70,7 @@ def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto
     settings = FetchSettings(endpoint_url=moto_endpoint, max_file_bytes=2)
     results = {
         r.path.rsplit("/", 1)[-1]: (r.data, r.error and (str(r.error), r.error.retryable))
-        for r in fetch_ahead([(f.path, f.size, f.etag) for f in listing], FetchSettings(moto_endpoint))
+        for r in fetch_all([(f.path, f.size, f.etag) for f in listing], FetchSettings(moto_endpoint))
     }
     # Permanent: a rerun lists again, and a gone or replaced object is no longer this (path, ETag).
     assert results == {
@@ -59,7 +80,7 @@ def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto
         "gone.jpg": (None, ("deleted after it was listed", False)),
         "swapped.jpg": (None, (f"replaced after it was listed (ETag is no longer {listing[-1].etag})", False)),
     }
-    [big] = fetch_ahead([(listing[0].path, 3, listing[0].etag)], settings)
+    [big] = fetch_all([(listing[0].path, 3, listing[0].etag)], settings)
     assert str(big.error) == "file too large: 3 bytes, limit is 2"
 
 
@@ -67,5 +88,5 @@ def test_one_get_per_image_and_a_files_own_problems_are_reasons(s3, bucket, moto
 def test_local_files_with_odd_names_are_read_as_listed(tmp_path, name):
     (tmp_path / name).write_bytes(b"xyz")
     [listed] = Storage().list_files(str(tmp_path))
-    [result] = fetch_ahead([(listed.path, listed.size, listed.etag)], FetchSettings())
+    [result] = fetch_all([(listed.path, listed.size, listed.etag)], FetchSettings())
     assert (result.data, result.error) == (b"xyz", None)

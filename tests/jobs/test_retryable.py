@@ -8,8 +8,10 @@ propagating after provisioning would give.
 
 from __future__ import annotations
 
+import io
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from harness.launcher import job_args, run_job
@@ -41,6 +43,15 @@ def run(bucket, endpoint, run_id, credentials):
 
 def manifest(s3, bucket, run_id) -> dict:
     return json.loads(s3.get_object(Bucket=bucket, Key=f"runs/{run_id}/manifest.json")["Body"].read())
+
+
+def error_rows(s3, bucket, run_id) -> list[dict]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"runs/{run_id}/errors/").get("Contents", [])
+    return [
+        row
+        for item in listed
+        for row in pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())).to_pylist()
+    ]
 
 
 def counts(document: dict) -> tuple[int, int, int, int]:
@@ -78,9 +89,12 @@ def test_an_archived_object_is_one_error_row_and_is_featurized_once_restored(s3,
     archived = keys[3]
     content = s3.get_object(Bucket=bucket, Key=archived)["Body"].read()
     s3.put_object(Bucket=bucket, Key=archived, Body=content, StorageClass="GLACIER")
+    # A console's folder marker (no content) is no input; content under a folder key is a permanent error row.
+    s3.put_object(Bucket=bucket, Key="images/Kiwi/", Body=b"")
+    s3.put_object(Bucket=bucket, Key="images/Kiwi/misnamed.jpg/", Body=content)
     with iam_enforced(moto_endpoint, host_policy(bucket), bucket) as credentials:
         first = run(bucket, moto_endpoint, "archived", credentials)
-    first_manifest = manifest(s3, bucket, "archived")
+    first_manifest, first_errors = manifest(s3, bucket, "archived"), error_rows(s3, bucket, "archived")
     # The object rewritten as STANDARD by the bucket's owner (not by the host, which may not write images/).
     s3.put_object(Bucket=bucket, Key=archived, Body=content, StorageClass="STANDARD")
     with iam_enforced(moto_endpoint, host_policy(bucket), bucket) as credentials:
@@ -88,11 +102,14 @@ def test_an_archived_object_is_one_error_row_and_is_featurized_once_restored(s3,
     second_manifest = manifest(s3, bucket, "archived")
 
     assert first.returncode == EXIT_RETRY, first.stdout[-3000:]
-    assert counts(first_manifest) == (20, 19, 0, 1)
+    assert counts(first_manifest) == (21, 19, 1, 1)
     assert first_manifest["errors_by_code"]["InvalidObjectState"]["images"] == 1
     assert "restore" in first.stdout
+    [misnamed] = [r for r in first_errors if r["path"].endswith("/")]
+    assert (misnamed["path"], misnamed["retryable"]) == (f"s3a://{bucket}/images/Kiwi/misnamed.jpg/", False)
+    assert misnamed["reason"] == f"{len(content)} bytes stored under a folder key (ends with /): rename the object"
     assert second.returncode == 0, second.stdout[-3000:]
-    assert counts(second_manifest) == (20, 20, 0, 0)
+    assert counts(second_manifest) == (21, 20, 1, 0)
     assert second_manifest["incremental"]["featurized_now"] == 1
 
 

@@ -1,4 +1,4 @@
-"""Storage answers S3's partial failures as failures (without Spark or moto)."""
+"""Storage answers S3's partial failures as failures, and lists what a run must account for."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def test_a_local_compare_and_swap_refuses_a_stale_etag(tmp_path):
 
     assert storage.create(uri, b"three", replacing=first) is None
     assert storage.read_bytes(uri) == b"two" and storage.etag(uri) == second
+
+
+def test_a_listing_skips_folder_markers_but_keeps_content_under_a_folder_key(s3, bucket, moto_endpoint):
+    for key, body in {"images/Kiwi/": b"", "images/Kiwi/a.jpg": b"a", "images/Kiwi/b.jpg/": b"bb"}.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    listed = Storage(moto_endpoint).list_files(f"s3a://{bucket}/images/")
+
+    assert [(f.path, f.size) for f in listed] == [
+        (f"s3a://{bucket}/images/Kiwi/a.jpg", 1),
+        (f"s3a://{bucket}/images/Kiwi/b.jpg/", 2),
+    ]
