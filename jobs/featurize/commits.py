@@ -40,6 +40,8 @@ from featurize.storage import ListedFile, Storage, join
 log = logging.getLogger("featurize")
 
 COMMITS_DIR = "_commits"
+# Records of retried featurize tasks (featurize.pipeline.featurize_isolating), removed once the stage is done.
+ATTEMPTS_DIR = "_attempts"
 LOCK_FILE = "_lock"
 FEATURE_COLUMNS = ["path", "label", "features", "size_bytes", "etag", "modified"]
 ERROR_COLUMNS = ["path", "label", "stage", "reason", "code", "retryable", "size_bytes", "etag", "modified"]

@@ -25,7 +25,7 @@ from featurize.storage import error_code, is_s3, local_etag, local_path, s3_clie
 # since botocore retries a request only until its response headers arrive.
 TRANSIENT_READ_ERRORS = ("ResponseStreamingError", "IncompleteReadError", "ReadTimeoutError", "ProtocolError")
 READ_ATTEMPTS = 5
-# What the user can do about a read that failed, by AWS error code (docs/job.md, "Faults").
+# What the user can do about an image that failed this time, by error code (docs/job.md, "Faults").
 READ_HINTS = {
     "AccessDenied": "the instance profile grants s3:GetObject under the images prefix of the bucket only: "
     "check the prefix and the policy (docs/aws.md); right after provisioning, IAM may still be propagating",
@@ -34,6 +34,8 @@ READ_HINTS = {
     "SlowDown": "S3 throttled the reads past every retry: lower --fetch-concurrency",
     "ExpiredToken": "the credentials expired during the read",
     "NoCredentials": "no AWS credentials: attach the instance profile, or set AWS_PROFILE",
+    "WorkerDied": "a rerun tries it again; if its worker dies again, the file crashes the decoder or needs "
+    "more memory than the host has: re-encode it, or remove it from the images prefix",
 }
 
 

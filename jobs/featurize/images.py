@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import warnings
 
 import numpy as np
@@ -20,6 +22,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP")
 DEFAULT_MAX_PIXELS = 50_000_000
 
 WHITE = (255, 255, 255)
+
+# Test-only fault hook: a file holding these bytes kills its Python worker as a
+# crashing decoder (or the out-of-memory killer) would. Unset outside tests.
+_CRASH_MARKER = os.environ.get("FRUITCLOUD_TEST_CRASH_MARKER", "").encode()
 
 
 def has_image_extension(path: str) -> bool:
@@ -125,6 +131,8 @@ def decode_image(
     """
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    if _CRASH_MARKER and _CRASH_MARKER in data:
+        os.kill(os.getpid(), signal.SIGKILL)
     try:
         image = _open(data)
     except UnidentifiedImageError as exc:

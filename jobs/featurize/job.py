@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from featurize.batch import FeaturizeSettings
-from featurize.commits import ERRORS, FEATURES, Commit, Plan, RunLock, compact, plan_run, read_commits, remove_leftovers
+from featurize.commits import (
+    ATTEMPTS_DIR,
+    ERRORS,
+    FEATURES,
+    Commit,
+    Plan,
+    RunLock,
+    compact,
+    plan_run,
+    read_commits,
+    remove_leftovers,
+)
 from featurize.context import RunContext
 from featurize.errors import JobError, UnreadInputsError
 from featurize.fetch import FetchSettings
@@ -159,7 +170,13 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
     sc = run.spark.sparkContext
     decode_seconds, cnn_seconds, models_built = sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0)
     tasks = pipeline.task_count(run.spark, len(todo), run.args.files_per_partition)
-    chunks = pipeline.ChunkSettings(run.run_uri, run.fingerprint, run.args.commit_every)
+    attempts = join(run.run_uri, ATTEMPTS_DIR)
+    chunks = pipeline.ChunkSettings(
+        run.run_uri,
+        run.fingerprint,
+        run.args.commit_every,
+        attempt_records=join(attempts, f"{run.started_at:%Y%m%dT%H%M%S%f}"),
+    )
     task = pipeline.make_featurize_task(
         run.settings,
         run.fetch,
@@ -186,6 +203,8 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
             cnn_cpu_s=round(cnn_seconds.value, 1),
             models_built=models_built.value,
         )
+    # Records of retried tasks, this run's and any a killed run left, are of no use once the stage is done.
+    run.storage.delete_many([listed.path for listed in run.storage.list_files(attempts)])
     run.worker_cpu_seconds = {"decode": decode_seconds.value, "cnn": cnn_seconds.value}
     run.models_built_by_featurize = models_built.value
 

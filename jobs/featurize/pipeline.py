@@ -8,6 +8,7 @@ pyspark.ml's PCA. No URI is baked in: the job passes them in.
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from featurize.batch import BatchTimings, FeaturizeSettings, featurize_fetched
-from featurize.commits import RETRY, Commit, write_chunk
+from featurize.batch import BatchTimings, FeaturizeSettings, Outcome, featurize_fetched
+from featurize.commits import ATTEMPTS_DIR, RETRY, Commit, rows_hash, write_chunk
 from featurize.fetch import FetchSettings, fetch_batches
 from featurize.model import built_in_this_worker, worker_extractor
 from featurize.storage import ListedFile, Storage, join
@@ -55,11 +56,30 @@ FEATURES_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """Where and how often a featurize task commits."""
+    """Where and how often a featurize task commits.
+
+    ``attempt_records`` is this run's own folder of retried tasks' records, so
+    that a record left by a run killed mid-retry never marks images of another.
+    """
 
     run_uri: str
     fingerprint: str
     commit_every: int = 512
+    attempt_records: str = ""
+
+
+def task_attempt() -> int:
+    """0 for a task's first attempt (and outside Spark), then 1, 2, ... for Spark's retries of it."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.attemptNumber() if context else 0
+
+
+def crash_record_uri(chunks: ChunkSettings, rows: list[tuple]) -> str:
+    """The record of a retried task: named by the task's rows, under this run's folder of them."""
+    folder = chunks.attempt_records or join(chunks.run_uri, ATTEMPTS_DIR)
+    return join(folder, rows_hash([(row.path, row.etag) for row in rows]) + ".json")
 
 
 def label_of(path: str, root: str) -> str | None:
@@ -102,32 +122,53 @@ def make_featurize_task(
             models_built.add(1)
         extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
         storage = Storage(fetch.endpoint_url)
-        listed: dict[str, tuple] = {}
-
-        def files():
-            for batch in batches:
-                for row in batch.itertuples(index=False):
-                    listed[row.path] = row
-                    yield row.path, row.size_bytes, row.etag
-
+        rows = [row for batch in batches for row in batch.itertuples(index=False)]
+        attempt = task_attempt()
+        if attempt == 0:
+            outcomes = featurize_rows(rows, extract)
+        else:
+            outcomes = featurize_isolating(rows, extract, storage, attempt)
         pending: list[tuple] = []
-        for group in fetch_batches(files(), fetch, settings.batch_size):
-            timings = BatchTimings()
-            outcomes = featurize_fetched(group, extract, settings, timings=timings)
-            pending += [
-                (*listed.pop(item.path), o.features, o.stage, o.reason, o.code, o.retryable)
-                for item, o in zip(group, outcomes, strict=True)
-            ]
-            # The batch's bytes are counted until the next batch is asked for: let them go now.
-            del group
-            if decode_seconds is not None:
-                decode_seconds.add(timings.decode_seconds)
-                cnn_seconds.add(timings.cnn_seconds)
+        for row, outcome in outcomes:
+            pending.append((*row, outcome.features, outcome.stage, outcome.reason, outcome.code, outcome.retryable))
             if len(pending) >= chunks.commit_every:
                 yield _commit(storage, chunks, pending)
                 pending = []
         if pending:
             yield _commit(storage, chunks, pending)
+
+    def featurize_rows(rows: list[tuple], extract) -> Iterator[tuple[tuple, Outcome]]:
+        by_path = {row.path: row for row in rows}
+        for group in fetch_batches(((row.path, row.size_bytes, row.etag) for row in rows), fetch, settings.batch_size):
+            timings = BatchTimings()
+            outcomes = featurize_fetched(group, extract, settings, timings=timings)
+            paths = [item.path for item in group]
+            # The batch's bytes are counted until the next batch is asked for: let them go now.
+            del group
+            if decode_seconds is not None:
+                decode_seconds.add(timings.decode_seconds)
+                cnn_seconds.add(timings.cnn_seconds)
+            for path, outcome in zip(paths, outcomes, strict=True):
+                yield by_path[path], outcome
+
+    def featurize_isolating(rows: list[tuple], extract, storage: Storage, attempt: int):
+        """A retried task: one image at a time, each named in a record first, so the next attempt knows
+        which image its worker died on and records it as an error instead of dying again."""
+        record_uri = crash_record_uri(chunks, rows)
+        record = json.loads(storage.read_if_exists(record_uri) or b"{}")
+        died_on = set(record.get("died_on", [])) | ({record["current"]} if record.get("current") else set())
+        for row in rows:
+            if row.path in died_on:
+                reason = (
+                    f"its Python worker died on it (a decoder crash or the out-of-memory killer; attempt {attempt})"
+                )
+                yield row, Outcome(stage="worker", reason=reason, code="WorkerDied", retryable=True)
+                continue
+            current = {"died_on": sorted(died_on), "current": row.path}
+            storage.write_bytes(record_uri, json.dumps(current).encode(), "application/json")
+            [group] = fetch_batches([(row.path, row.size_bytes, row.etag)], fetch, batch_size=1)
+            [outcome] = featurize_fetched(group, extract, settings)
+            yield row, outcome
 
     return featurize_task
 

@@ -160,3 +160,33 @@ def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoi
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/worker-killed/manifest.json")["Body"].read())
     assert (manifest["counts"]["featurized"], manifest["counts"]["errors"]) == (len(keys), 0)
     assert featurized_paths(spark, bucket, "worker-killed") == sorted(f"s3a://{bucket}/{key}" for key in keys)
+
+
+def test_an_image_that_kills_its_worker_is_one_retryable_error_and_the_run_completes(spark, sample_dir, tmp_path):
+    """Spark retries the task; the retry reads its images one at a time and records the one its worker died on."""
+    images = tmp_path / "images"
+    for name in ("Pear", "Kiwi"):
+        (images / name).mkdir(parents=True)
+        for path in sorted((sample_dir / name).glob("*.jpg"))[:12]:
+            shutil.copy(path, images / name / path.name)
+    crasher = images / "Kiwi" / "crasher.jpg"
+    crasher.write_bytes(sorted((images / "Kiwi").glob("*.jpg"))[0].read_bytes() + b"CRASH-THE-DECODER")
+    out = tmp_path / "out"
+    args = job_args(images.as_uri(), out.as_uri(), "crash", weights="none", image_size=32, pca_k=2)
+
+    first = run_job(args, None, env={"FRUITCLOUD_TEST_CRASH_MARKER": "CRASH-THE-DECODER"}, capture=True)
+    first_manifest = json.loads((out / "crash" / "manifest.json").read_text())
+    errors = spark.read.parquet(str(out / "crash" / "errors")).collect()
+    rerun = run_job(args, None, capture=True)
+    rerun_manifest = json.loads((out / "crash" / "manifest.json").read_text())
+
+    assert first.returncode == 3, first.stdout[-3000:]
+    assert len(re.findall(r"Lost task \S+ in stage", first.stdout)) == 2, "the first attempt and the isolating retry"
+    c = first_manifest["counts"]
+    assert (c["inputs"], c["featurized"], c["errors_permanent"], c["errors_retryable"]) == (25, 24, 0, 1)
+    [error] = errors
+    assert (error.path, error.code, error.retryable) == (f"file:{crasher}", "WorkerDied", True)
+    assert "re-encode it" in first_manifest["errors_by_code"]["WorkerDied"]["hint"]
+    assert not (out / "crash" / "_attempts").exists() or not any((out / "crash" / "_attempts").rglob("*.json"))
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert (rerun_manifest["counts"]["featurized"], rerun_manifest["incremental"]["featurized_now"]) == (25, 1)
