@@ -3,15 +3,19 @@
 A task featurizes its images in chunks of ``commit_every``. Each chunk is
 written as immutable objects, data first and its commit record last:
 
-    RUN/features/part-FP-HASH.parquet   features of the chunk's decoded images
-    RUN/errors/part-FP-HASH.parquet     error rows of the others (if any)
-    RUN/_commits/FP-HASH.json           the commit: which parts, which (path, ETag) rows
+    RUN/features/part-FP-HASH-DATA.parquet   features of the chunk's decoded images
+    RUN/errors/part-FP-HASH-DATA.parquet     error rows of the others (if any)
+    RUN/_commits/FP-HASH.json                the commit: its parts and their sizes, its (path, ETag) rows
 
 FP fingerprints the feature settings (weights checksum, image size, decode
-limits, job version) and HASH the chunk's rows, so a retried task rewrites
-the same names with the same content. A single S3 PUT is atomic, so a record
-that exists names complete parts: a crash loses only chunks not yet
-committed. A rerun lists the records, keeps rows whose path and ETag still
+limits, code and library versions), HASH the chunk's rows and DATA the
+part's own content. A retried task whose outcome differs (an image read this
+time that was denied before) writes parts under new names, so a record never
+describes a part that was overwritten after it was written; it replaces the
+record of the same rows, and the parts that record named become leftovers. A
+single S3 PUT is atomic, so a record that exists names complete parts, which
+the plan and the verification check by name and size: a crash loses only
+chunks not yet committed. A rerun lists the records, keeps rows whose path and ETag still
 match the input listing under the current fingerprint, rewrites chunks that
 hold stale rows (compaction), and featurizes the rest. Parts no record names
 are leftovers of a crash and are removed once the run is complete.
@@ -64,6 +68,7 @@ class Commit:
     features: str | None
     errors: str | None
     rows: tuple[tuple[str, str, str], ...]  # (path, etag, FEATURES | ERRORS | RETRY)
+    part_sizes: tuple[tuple[str, int], ...] = ()
 
     @property
     def parts(self) -> list[str]:
@@ -106,11 +111,13 @@ def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.Da
     if len(featurized) + len(errors) != len(rows) or rows["path"].duplicated().any():
         raise RuntimeError(f"chunk accounting failed: {len(rows)} rows, {len(featurized)} + {len(errors)} written")
     name = f"{fingerprint}-{rows_hash(list(zip(rows['path'], rows['etag'], strict=True)))}"
-    part_uris = {}
+    part_uris, part_sizes = {}, {}
     for kind, frame, columns in (("features", featurized, FEATURE_COLUMNS), ("errors", errors, ERROR_COLUMNS)):
         if len(frame):
-            part_uris[kind] = join(run_uri, kind, f"part-{name}.parquet")
-            storage.write_bytes(part_uris[kind], _parquet_bytes(frame, columns))
+            data = _parquet_bytes(frame, columns)
+            part_uris[kind] = join(run_uri, kind, f"part-{name}-{hashlib.sha256(data).hexdigest()[:16]}.parquet")
+            part_sizes[part_uris[kind]] = len(data)
+            storage.write_bytes(part_uris[kind], data)
     commit = Commit(
         uri=join(run_uri, COMMITS_DIR, f"{name}.json"),
         fingerprint=fingerprint,
@@ -120,8 +127,15 @@ def write_chunk(storage: Storage, run_uri: str, *, fingerprint: str, rows: pd.Da
             (path, etag, (RETRY if retry is True else ERRORS) if bad else FEATURES)
             for path, etag, bad, retry in zip(rows["path"], rows["etag"], failed, rows["retryable"], strict=True)
         ),
+        part_sizes=tuple(part_sizes.items()),
     )
-    record = {"fingerprint": fingerprint, "features": commit.features, "errors": commit.errors, "rows": commit.rows}
+    record = {
+        "fingerprint": fingerprint,
+        "features": commit.features,
+        "errors": commit.errors,
+        "part_sizes": part_sizes,
+        "rows": commit.rows,
+    }
     storage.write_bytes(commit.uri, json.dumps(record).encode(), "application/json")
     return commit
 
@@ -141,7 +155,8 @@ def read_commits(storage: Storage, run_uri: str) -> list[Commit]:
             continue
         record = json.loads(storage.read_bytes(listed.path))
         rows = tuple(tuple(row) for row in record["rows"])
-        commits.append(Commit(listed.path, record["fingerprint"], record["features"], record["errors"], rows))
+        sizes = tuple(record.get("part_sizes", {}).items())
+        commits.append(Commit(listed.path, record["fingerprint"], record["features"], record["errors"], rows, sizes))
     return commits
 
 
@@ -163,14 +178,26 @@ class Plan:
         return not (self.todo or self.compact or self.drop or self.missing)
 
 
+def _parts_intact(commit: Commit, parts: dict[str, int]) -> bool:
+    """Every part of the commit is listed, with the size its record gives (records before sizes: by name)."""
+    sizes = dict(commit.part_sizes)
+    return all(part in parts and sizes.get(part, parts[part]) == parts[part] for part in commit.parts)
+
+
 def plan_run(
-    images: Sequence[ListedFile], commits: Sequence[Commit], *, fingerprint: str, parts: set[str], retry: bool = True
+    images: Sequence[ListedFile],
+    commits: Sequence[Commit],
+    *,
+    fingerprint: str,
+    parts: dict[str, int],
+    retry: bool = True,
 ) -> Plan:
     """An image is done when a commit of this fingerprint holds its path with its current ETag.
 
     Each (path, ETag) counts once, in the first commit (by record name) that
-    holds it; a commit whose parts went missing is reported and its images
-    redone. With ``retry`` (the plan of a run, not its verification), rows of
+    holds it; a commit whose parts are missing from ``parts`` (the listed
+    part paths and their sizes), or listed with another size than its record
+    gives, is reported and its images redone. With ``retry`` (the plan of a run, not its verification), rows of
     retryable errors are not done: their commits are rewritten without them
     and the images are read again.
     """
@@ -178,7 +205,7 @@ def plan_run(
     assigned: set[str] = set()
     plan = Plan(todo=[])
     for commit in sorted(commits, key=lambda c: c.uri):
-        if any(part not in parts for part in commit.parts):
+        if not _parts_intact(commit, parts):
             plan.missing.append(commit)
             continue
         if commit.fingerprint != fingerprint:
@@ -216,6 +243,23 @@ def compact(storage: Storage, run_uri: str, *, commit: Commit, kept: frozenset[s
         storage.delete(commit.uri)
         storage.delete_many([part for part in commit.parts if part not in rewritten.parts])
     return rewritten
+
+
+def compact_all(storage: Storage, run_uri: str, plan: Plan) -> None:
+    """Rewrite the plan's commits that hold stale rows, before the featurize stage adds new ones."""
+    for commit, kept in plan.compact:
+        compact(storage, run_uri, commit=commit, kept=kept)
+
+
+def settle(storage: Storage, run_uri: str, *, plan: Plan, live: Sequence[Commit]) -> int:
+    """Once every image is verified committed: remove what the plan made obsolete, and leftover parts.
+
+    A record this run rewrote under the same name (its chunk redone with the
+    same rows, e.g. after features/ was deleted) is live again and is kept.
+    """
+    rewritten = {commit.uri for commit in live}
+    obsolete = [commit for commit in [*plan.drop, *plan.missing] if commit.uri not in rewritten]
+    return remove_leftovers(storage, run_uri, live=live, obsolete=obsolete)
 
 
 def remove_leftovers(storage: Storage, run_uri: str, *, live: Sequence[Commit], obsolete: Sequence[Commit]) -> int:

@@ -23,10 +23,10 @@ from featurize.commits import (
     Commit,
     Plan,
     RunLock,
-    compact,
+    compact_all,
     plan_run,
     read_commits,
-    remove_leftovers,
+    settle,
 )
 from featurize.context import RunContext
 from featurize.errors import JobError, UnreadInputsError
@@ -124,7 +124,7 @@ def run(spark, args: argparse.Namespace) -> dict:
 
 def make_plan(run: RunContext, images: list[ListedFile], *, retry: bool = True) -> Plan:
     commits = read_commits(run.storage, run.run_uri)
-    parts = {f.path for kind in (FEATURES, ERRORS) for f in run.storage.list_files(join(run.run_uri, kind))}
+    parts = {f.path: f.size for kind in (FEATURES, ERRORS) for f in run.storage.list_files(join(run.run_uri, kind))}
     return plan_run(images, commits, fingerprint=run.fingerprint, parts=parts, retry=retry)
 
 
@@ -151,14 +151,10 @@ def run_locked(run: RunContext, inputs: Inputs) -> dict:
         return previous
     # From here on the run changes: it is not complete until a new manifest is written.
     run.storage.delete(run.manifest_uri)
-    for commit, kept in plan.compact:
-        compact(run.storage, run.run_uri, commit=commit, kept=kept)
+    compact_all(run.storage, run.run_uri, plan)
     featurize_todo(run, plan.todo)
     live = verify(run, inputs)
-    # A record this run rewrote under the same name (its chunk redone with the same rows) is live again.
-    rewritten = {commit.uri for commit in live}
-    obsolete = [commit for commit in [*plan.drop, *plan.missing] if commit.uri not in rewritten]
-    remove_leftovers(run.storage, run.run_uri, live=live, obsolete=obsolete)
+    settle(run.storage, run.run_uri, plan=plan, live=live)
     return finish(run, inputs, plan=plan, live=live)
 
 

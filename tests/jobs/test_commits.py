@@ -13,11 +13,13 @@ import pytest
 from featurize.commits import (
     RunLock,
     compact,
+    compact_all,
     machine_identity,
     pid_namespace,
     plan_run,
     read_commits,
     remove_leftovers,
+    settle,
     write_chunk,
 )
 from featurize.errors import LockHeldError
@@ -53,7 +55,7 @@ def run_uri(tmp_path):
 
 
 def parts_of(storage, run_uri):
-    return {f.path for kind in ("features", "errors") for f in storage.list_files(f"{run_uri}/{kind}")}
+    return {f.path: f.size for kind in ("features", "errors") for f in storage.list_files(f"{run_uri}/{kind}")}
 
 
 def test_a_rerun_reuses_unchanged_rows_and_plans_the_rest(run_uri):
@@ -82,7 +84,7 @@ def test_compaction_keeps_live_rows_and_removes_the_old_chunk(run_uri):
     new = compact(storage, run_uri, commit=old, kept=frozenset({"a", "b"}))
     assert sorted(new.rows) == [("a", "1", "features"), ("b", "1", "errors")]
     assert read_commits(storage, run_uri) == [new]
-    assert parts_of(storage, run_uri) == set(new.parts)
+    assert set(parts_of(storage, run_uri)) == set(new.parts)
 
 
 def test_a_commit_whose_part_is_gone_is_reported_and_its_images_redone(run_uri):
@@ -115,7 +117,7 @@ def test_leftover_parts_of_a_crash_are_removed(run_uri, tmp_path):
     crashed = tmp_path / "run" / "features" / "part-fp-crashed.parquet"
     crashed.write_bytes(b"half")
     assert remove_leftovers(storage, run_uri, live=[live], obsolete=[]) == 1
-    assert parts_of(storage, run_uri) == set(live.parts)
+    assert set(parts_of(storage, run_uri)) == set(live.parts)
 
 
 def test_retryable_errors_are_planned_again_and_permanent_ones_are_reused(run_uri):
@@ -135,6 +137,122 @@ def test_retryable_errors_are_planned_again_and_permanent_ones_are_reused(run_ur
     assert (rerun.reused, [c.uri for c in rerun.drop]) == (2, [denied.uri])
     assert (verified.todo, verified.reused, len(verified.live)) == ([], 3, 3)
     assert [kind for *_, kind in denied.rows] == ["retry"] and [kind for *_, kind in broken.rows] == ["errors"]
+
+
+def test_a_part_overwritten_under_its_recorded_name_is_found_by_its_size(run_uri):
+    storage = Storage()
+    commit = write_chunk(storage, run_uri, fingerprint="fp", rows=chunk_rows(("a", "1", False), ("b", "1", False)))
+    storage.write_bytes(commit.features, b"not the part its record describes")
+
+    plan = plan_run([listed("a", "1"), listed("b", "1")], [commit], fingerprint="fp", parts=parts_of(storage, run_uri))
+
+    assert (plan.missing, [image.path for image in plan.todo]) == ([commit], ["a", "b"])
+
+
+class Killed(Exception):
+    """The process stopped here: every write before this one happened, this one and the rest did not."""
+
+
+class KilledAt(Storage):
+    """Local storage whose ``kill_at``-th change (PUT or DELETE) never happens: the run stops there."""
+
+    def __init__(self, kill_at: int | None = None):
+        super().__init__()
+        self.kill_at, self.changes = kill_at, 0
+
+    def _change(self):
+        self.changes += 1
+        if self.changes == self.kill_at:
+            raise Killed(self.changes)
+
+    def write_bytes(self, uri, data, content_type=None):
+        self._change()
+        return super().write_bytes(uri, data, content_type)
+
+    def delete(self, uri):
+        self._change()
+        return super().delete(uri)
+
+    def delete_many(self, uris):
+        if uris:
+            self._change()
+        return super().delete_many(uris)
+
+
+def outcome_rows(images, outcomes: dict[str, str]) -> pd.DataFrame:
+    """A featurize task's rows: ``outcomes`` maps a path to "retry" or "permanent"; the others are featurized."""
+    kinds = [outcomes.get(image.path) for image in images]
+    return pd.DataFrame(
+        {
+            "path": [image.path for image in images],
+            "label": "A",
+            "features": [None if kind else [0.5, 1.5] for kind in kinds],
+            "stage": [kind and "read" for kind in kinds],
+            "reason": [kind and f"{kind} error" for kind in kinds],
+            "code": [kind and "X" for kind in kinds],
+            "retryable": [kind and kind == "retry" for kind in kinds],
+            "size_bytes": 10,
+            "etag": [image.etag for image in images],
+            "modified": NOW,
+        }
+    )
+
+
+def run_protocol(storage, run_uri, images, outcomes, chunk=2):
+    """What job.run_locked does to storage, with the featurize tasks' write_chunk in place of Spark."""
+    plan = plan_run(images, read_commits(storage, run_uri), fingerprint="fp", parts=parts_of(storage, run_uri))
+    compact_all(storage, run_uri, plan)
+    for start in range(0, len(plan.todo), chunk):
+        write_chunk(storage, run_uri, fingerprint="fp", rows=outcome_rows(plan.todo[start : start + chunk], outcomes))
+    verified = plan_run(
+        images, read_commits(storage, run_uri), fingerprint="fp", parts=parts_of(storage, run_uri), retry=False
+    )
+    assert not (verified.todo or verified.compact or verified.missing)
+    settle(storage, run_uri, plan=plan, live=verified.live)
+    return plan, verified
+
+
+FIRST_INPUTS = [listed(name, "1") for name in "abcdef"]
+# b changed, f removed, g and h new; d (retryable in the first run) is read this time.
+SECOND_INPUTS = [
+    listed("a", "1"),
+    listed("b", "2"),
+    *(listed(name, "1") for name in "cde"),
+    *(listed(n, "1") for n in "gh"),
+]
+SECOND_CHANGES = 21
+
+
+def second_run_state(run_uri, kill_at=None):
+    """The first run complete (d retryable, e permanent), then the second one over the changed inputs."""
+    run_protocol(KilledAt(), run_uri, FIRST_INPUTS, {"d": "retry", "e": "permanent"})
+    storage = KilledAt(kill_at)
+    try:
+        run_protocol(storage, run_uri, SECOND_INPUTS, {"e": "permanent"})
+    except Killed:
+        return storage, True
+    return storage, False
+
+
+def test_the_second_run_makes_the_changes_the_kill_test_enumerates(run_uri):
+    storage, killed = second_run_state(run_uri)
+    assert (killed, storage.changes) == (False, SECOND_CHANGES)
+
+
+@pytest.mark.parametrize("kill_at", range(1, SECOND_CHANGES + 1))
+def test_a_run_killed_at_any_change_is_completed_exactly_by_the_rerun(tmp_path, kill_at):
+    run_uri = f"file:{tmp_path}/run"
+    storage, killed = second_run_state(run_uri, kill_at)
+    assert killed
+
+    _, verified = run_protocol(KilledAt(), run_uri, SECOND_INPUTS, {"e": "permanent"})
+
+    rows = sorted(row for commit in verified.live for row in commit.rows)
+    expected = [(image.path, image.etag, "errors" if image.path == "e" else "features") for image in SECOND_INPUTS]
+    assert rows == expected, "every current image exactly once, as featurized or as its error"
+    named = {part for commit in verified.live for part in commit.parts}
+    assert set(parts_of(storage, run_uri)) == named, "no leftover part, no part missing"
+    assert {commit.uri for commit in read_commits(storage, run_uri)} == {commit.uri for commit in verified.live}
 
 
 def test_chunk_accounting_is_checked_before_the_commit_is_written(run_uri):
