@@ -7,20 +7,29 @@ import re
 import yaml
 from ansible_helpers import REPO
 from featurize.cli import parse_args
+from featurize.config import JobConfig, default
 from featurize.images import IMAGE_EXTENSIONS
 
 GROUP_VARS = yaml.safe_load((REPO / "playbooks" / "group_vars" / "all.yml").read_text())
 
 
-def test_run_job_defaults_are_the_jobs_defaults():
-    job = parse_args(["--input", "s3a://b/images/", "--output", "s3a://b/runs/"])
+def role_default(role: str, name: str):
+    specs = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
+    return specs["argument_specs"]["main"]["options"][name]["default"]
+
+
+def test_the_command_line_the_playbook_and_the_roles_default_alike():
+    job = parse_args(["--input", "s3a://b/images/", "--output", "s3a://b/runs/", "--run-id", "r"])
+    assert job == JobConfig("s3a://b/images/", "s3a://b/runs/", "r"), "each CLI default is JobConfig's"
     playbook = {
         "weights": GROUP_VARS["job_weights"],
         "image_size": GROUP_VARS["job_image_size"],
         "batch_size": GROUP_VARS["job_batch_size"],
         "pca_variance": GROUP_VARS["job_pca_variance"],
+        "pca_k": GROUP_VARS["job_pca_k"] or None,  # 0: no --pca-k
     }
-    assert playbook == {name: getattr(job, name) for name in playbook}
+    assert playbook == {name: default(name) for name in playbook}
+    assert role_default("model_weights", "model_weights_image_size") == default("image_size")
 
 
 def test_the_upload_check_accepts_the_extensions_the_job_reads():

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from datetime import datetime, timezone
 
+from featurize.config import JobConfig, default
 from featurize.errors import JobError, UnreadInputsError
-from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from featurize.images import IMAGE_EXTENSIONS
 from featurize.model import FEATURE_DIM, check_weights
 
 log = logging.getLogger("featurize")
@@ -22,9 +24,6 @@ EXIT_FAILED = 1
 # Complete but for images that could not be read this time; a rerun of the run id retries them.
 EXIT_RETRY = 3
 
-# Measured on 2 cores (bench/): 1,024 images per task featurize 0.93 of the
-# bare-TF limit, 256 per task 0.80-0.85; each task start has a fixed cost.
-DEFAULT_FILES_PER_PARTITION = 1024
 # MobileNetV2's activations take about 3.5 MB per 224 px image in a batch; 128
 # of them (~0.5 GB per task slot) is what two slots of a 4 GB host can hold.
 MAX_BATCH_PIXELS = 128 * 224 * 224
@@ -79,13 +78,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-image-pixels",
         type=_bounded_int(1, 100_000_000),
-        default=DEFAULT_MAX_PIXELS,
+        default=default("max_image_pixels"),
         help="refuse images with more pixels, checked from the header (default: %(default)s)",
     )
     parser.add_argument(
         "--max-decode-mb",
         type=_bounded_int(16, 1024),
-        default=DEFAULT_MAX_DECODE_BYTES // 2**20,
+        default=default("max_decode_mb"),
         help="refuse images whose decoding is estimated to need more memory (default: %(default)s)",
     )
 
@@ -93,15 +92,20 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
-        default="imagenet",
+        default=default("weights"),
         help="imagenet (Keras cache file, provisioned on hosts), none (random init, offline tests) "
         "or PATH to a weights file (default: %(default)s)",
     )
-    parser.add_argument("--image-size", type=_bounded_int(32, 512), default=224, help="CNN input size (default: 224)")
+    parser.add_argument(
+        "--image-size",
+        type=_bounded_int(32, 512),
+        default=default("image_size"),
+        help="CNN input size (default: %(default)s)",
+    )
     parser.add_argument(
         "--batch-size",
         type=_bounded_int(1, 512),
-        default=8,
+        default=default("batch_size"),
         # One TensorFlow thread per task gains nothing from larger batches, and their
         # activations cost memory: 8 was fastest and smallest at 224 px (docs/performance.md).
         help="images per CNN call (default: %(default)s)",
@@ -110,7 +114,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     pca.add_argument(
         "--pca-variance",
         type=_fraction,
-        default=0.95,
+        default=default("pca_variance"),
         help="keep the fewest components reaching this explained variance (default: %(default)s)",
     )
     pca.add_argument("--pca-k", type=_bounded_int(1, FEATURE_DIM), help="keep exactly this many components")
@@ -124,32 +128,32 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--files-per-partition",
         type=_bounded_int(1, 100_000),
-        default=DEFAULT_FILES_PER_PARTITION,
+        default=default("files_per_partition"),
         help="images per Spark task (default: %(default)s)",
     )
     parser.add_argument(
         "--commit-every",
         type=_bounded_int(16, 100_000),
-        default=512,
+        default=default("commit_every"),
         help="images per committed chunk: a crash loses at most this many per running task (default: %(default)s)",
     )
     parser.add_argument(
         "--fetch-concurrency",
         type=_bounded_int(1, 128),
-        default=32,
+        default=default("fetch_concurrency"),
         help="image reads in flight per task, ahead of the CNN (default: %(default)s)",
     )
     parser.add_argument(
         "--lock-ttl-hours",
         type=_bounded_int(1, 168),
-        default=12,
+        default=default("lock_ttl_hours"),
         help="a run's lock expires after this long, should the run die (default: %(default)s)",
     )
     parser.add_argument("--break-lock", action="store_true", help="take the run's lock even if another run holds it")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=default("log_level"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> JobConfig:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.pca_k is not None:
@@ -164,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"{args.batch_size * args.image_size**2 * 3.5e6 / 224**2 / 2**30:.1f} GiB of CNN activations per task; "
             f"a 4 GB host holds at most {largest} at this size"
         )
-    return args
+    return JobConfig(**{field.name: getattr(args, field.name) for field in fields(JobConfig)})
 
 
 def configure_logging(level: str) -> None:
@@ -178,24 +182,24 @@ def configure_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from featurize.job import run
 
-    args = parse_args(argv)
-    configure_logging(args.log_level)
+    config = parse_args(argv)
+    configure_logging(config.log_level)
     try:
-        check_weights(args.weights, args.image_size)
+        check_weights(config.weights, config.image_size)
     except JobError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
 
     from pyspark.sql import SparkSession
 
-    spark = SparkSession.builder.appName(f"featurize-{args.run_id}").getOrCreate()
+    spark = SparkSession.builder.appName(f"featurize-{config.run_id}").getOrCreate()
     try:
-        run(spark, args)
+        run(spark, config)
     except UnreadInputsError as exc:
-        log.error("run %s incomplete: %s", args.run_id, exc)
+        log.error("run %s incomplete: %s", config.run_id, exc)
         return EXIT_RETRY
     except JobError as exc:
-        log.error("run %s failed: %s", args.run_id, exc)
+        log.error("run %s failed: %s", config.run_id, exc)
         return EXIT_FAILED
     finally:
         spark.stop()

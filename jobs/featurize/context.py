@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from datetime import datetime, timezone
 
 from featurize.batch import FeaturizeSettings
 from featurize.commits import RunLock
+from featurize.config import JobConfig
 from featurize.fetch import FetchSettings
 from featurize.storage import Storage, join
 from featurize.warmup import WarmUp
@@ -40,7 +40,7 @@ class RunContext:
     """What every step of one run needs."""
 
     spark: object
-    args: argparse.Namespace
+    config: JobConfig
     storage: Storage
     root: str
     run_uri: str

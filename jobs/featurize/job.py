@@ -8,7 +8,6 @@ command line featurize.cli.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from featurize.commits import (
     read_commits,
     settle,
 )
+from featurize.config import JobConfig
 from featurize.context import RunContext
 from featurize.errors import JobError, UnreadInputsError
 from featurize.fetch import FetchSettings
@@ -44,16 +44,16 @@ log = logging.getLogger("featurize")
 ARROW_BATCH_ROWS = 1024
 
 
-def prepare(spark, args: argparse.Namespace) -> RunContext:
+def prepare(spark, config: JobConfig) -> RunContext:
     conf = spark.sparkContext.getConf()
     endpoint = conf.get("spark.hadoop.fs.s3a.endpoint", None)
     settings = FeaturizeSettings(
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        max_pixels=args.max_image_pixels,
-        max_decode_bytes=args.max_decode_mb * 2**20,
-        tf_threads=args.tf_threads or int(conf.get("spark.task.cpus", "1")),
+        weights=config.weights,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        max_pixels=config.max_image_pixels,
+        max_decode_bytes=config.max_decode_mb * 2**20,
+        tf_threads=config.tf_threads or int(conf.get("spark.task.cpus", "1")),
     )
     # The UDFs exchange paths and chunk summaries, or features read back (5 KB a row):
     # Spark's 10,000 rows would hold 50 MB of features per batch, tiny batches cost calls.
@@ -61,19 +61,19 @@ def prepare(spark, args: argparse.Namespace) -> RunContext:
     storage = Storage(endpoint)
     return RunContext(
         spark=spark,
-        args=args,
+        config=config,
         storage=storage,
-        root=canonical(args.input),
-        run_uri=join(canonical(args.output), args.run_id),
+        root=canonical(config.input),
+        run_uri=join(canonical(config.output), config.run_id),
         settings=settings,
-        fetch=FetchSettings(endpoint_url=endpoint, max_in_flight=args.fetch_concurrency),
+        fetch=FetchSettings(endpoint_url=endpoint, max_in_flight=config.fetch_concurrency),
         fingerprint=settings_fingerprint(settings),
     )
 
 
 def check_locations(run: RunContext) -> None:
-    check_no_overlap(run.args.input, run.args.output)
-    for uri in (run.args.input, run.args.output):
+    check_no_overlap(run.config.input, run.config.output)
+    for uri in (run.config.input, run.config.output):
         run.storage.check_bucket(uri)
     run.storage.check_writable(run.run_uri)
     check_spark_writes(run.spark, run.storage, run.run_uri)
@@ -92,25 +92,25 @@ def is_input(path: str) -> bool:
 
 def list_inputs(run: RunContext) -> Inputs:
     with run.clock.stage("list") as details:
-        files = run.storage.list_files(run.args.input)
+        files = run.storage.list_files(run.config.input)
         images = [file for file in files if is_input(file.path)]
         details.update(files=len(files), images=len(images), ignored=len(files) - len(images))
     if not images:
         raise JobError(
-            f"no image files under {run.args.input} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, recursively)"
+            f"no image files under {run.config.input} (looked for {', '.join(IMAGE_EXTENSIONS)}, any case, recursively)"
         )
     return Inputs(len(files), images)
 
 
-def run(spark, args: argparse.Namespace) -> dict:
+def run(spark, config: JobConfig) -> dict:
     """Run the pipeline and return the manifest it wrote (or the unchanged one, when nothing changed)."""
-    context = prepare(spark, args)
+    context = prepare(spark, config)
     check_locations(context)
     context.warm_up = WarmUp(spark, context.settings)
     try:
         inputs = list_inputs(context)
         lock = RunLock(
-            context.storage, context.run_uri, ttl=timedelta(hours=args.lock_ttl_hours), break_lock=args.break_lock
+            context.storage, context.run_uri, ttl=timedelta(hours=config.lock_ttl_hours), break_lock=config.break_lock
         )
         lock.acquire()
         context.lock = lock
@@ -133,9 +133,9 @@ def read_previous_manifest(run: RunContext) -> dict | None:
     return json.loads(data) if data else None
 
 
-def same_pca_options(manifest: dict, args: argparse.Namespace) -> bool:
+def same_pca_options(manifest: dict, config: JobConfig) -> bool:
     parameters = manifest["parameters"]
-    return (parameters["pca_k"], parameters["pca_variance"]) == (args.pca_k, args.pca_variance)
+    return (parameters["pca_k"], parameters["pca_variance"]) == (config.pca_k, config.pca_variance)
 
 
 def run_locked(run: RunContext, inputs: Inputs) -> dict:
@@ -146,8 +146,8 @@ def run_locked(run: RunContext, inputs: Inputs) -> dict:
     for commit in plan.missing:
         log.warning("%s names parts that are gone: its %d images are featurized again", commit.uri, len(commit.rows))
     fresh = previous is not None and previous["incremental"]["fingerprint"] == run.fingerprint
-    if plan.up_to_date and fresh and same_pca_options(previous, run.args):
-        log.info("run %s is up to date at %s: nothing new, changed or removed", run.args.run_id, run.manifest_uri)
+    if plan.up_to_date and fresh and same_pca_options(previous, run.config):
+        log.info("run %s is up to date at %s: nothing new, changed or removed", run.config.run_id, run.manifest_uri)
         return previous
     # From here on the run changes: it is not complete until a new manifest is written.
     run.storage.delete(run.manifest_uri)
@@ -165,12 +165,12 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         return
     sc = run.spark.sparkContext
     decode_seconds, cnn_seconds, models_built = sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0)
-    tasks = pipeline.task_count(run.spark, len(todo), run.args.files_per_partition)
+    tasks = pipeline.task_count(run.spark, len(todo), run.config.files_per_partition)
     attempts = join(run.run_uri, ATTEMPTS_DIR)
     chunks = pipeline.ChunkSettings(
         run.run_uri,
         run.fingerprint,
-        run.args.commit_every,
+        run.config.commit_every,
         attempt_records=join(attempts, f"{run.started_at:%Y%m%dT%H%M%S%f}"),
     )
     task = pipeline.make_featurize_task(
@@ -250,7 +250,7 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
     run.storage.write_bytes(run.manifest_uri, json.dumps(manifest, indent=2).encode(), "application/json")
     log.info(
         "run %s complete: %d images, %d featurized, %d errors, k=%d (%.1f%% variance), %.1f img/s, manifest %s",
-        run.args.run_id,
+        run.config.run_id,
         counts.inputs,
         counts.featurized,
         counts.errors,

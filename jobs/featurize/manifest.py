@@ -149,30 +149,30 @@ def unread_message(run: RunContext, counts: Counts, codes: dict[str, dict]) -> s
     hints = "".join(f". {code}: {entry['hint']}" for code, entry in retried.items() if entry["hint"])
     return (
         f"{counts.retryable_errors} images could not be read this time ({listed}); rerun with "
-        f"--run-id {run.args.run_id} to retry them (errors under {run.run_uri}/errors){hints}"
+        f"--run-id {run.config.run_id} to retry them (errors under {run.run_uri}/errors){hints}"
     )
 
 
 def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Counts, pca, pca_parts) -> dict:
     sc = run.spark.sparkContext
-    args = run.args
+    config = run.config
     return build_manifest(
-        run_id=args.run_id,
-        input_uri=args.input,
+        run_id=config.run_id,
+        input_uri=config.input,
         run_uri=run.run_uri,
         started_at=run.started_at,
         parameters={
-            "weights": args.weights,
-            "image_size": args.image_size,
-            "batch_size": args.batch_size,
+            "weights": config.weights,
+            "image_size": config.image_size,
+            "batch_size": config.batch_size,
             "max_pixels": run.settings.max_pixels,
             "max_decode_bytes": run.settings.max_decode_bytes,
             "tf_threads": run.settings.tf_threads,
-            "pca_variance": args.pca_variance,
-            "pca_k": args.pca_k,
-            "files_per_partition": args.files_per_partition,
-            "commit_every": args.commit_every,
-            "fetch_concurrency": args.fetch_concurrency,
+            "pca_variance": config.pca_variance,
+            "pca_k": config.pca_k,
+            "files_per_partition": config.files_per_partition,
+            "commit_every": config.commit_every,
+            "fetch_concurrency": config.fetch_concurrency,
             "spark_master": sc.master,
             "default_parallelism": sc.defaultParallelism,
         },
@@ -189,7 +189,7 @@ def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Cou
         counts=counts,
         pca={
             "k": pca.k,
-            "target_variance": args.pca_variance,
+            "target_variance": config.pca_variance,
             "explained_variance_at_k": pca.cumulative_at_k,
             "explained_variance": pca.explained_variance,
         },

@@ -56,7 +56,7 @@ FEATURES_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    """Where and how often a featurize task commits.
+    """Where and how often a featurize task commits (the run's --commit-every).
 
     ``attempt_records`` is this run's own folder of retried tasks' records, so
     that a record left by a run killed mid-retry never marks images of another.
@@ -64,7 +64,7 @@ class ChunkSettings:
 
     run_uri: str
     fingerprint: str
-    commit_every: int = 512
+    commit_every: int
     attempt_records: str = ""
 
 
@@ -256,14 +256,16 @@ class PcaResult:
         return self.model.stages[0].pc.toArray()[:, : self.k]
 
 
-def fit_pca(features: DataFrame, k: int | None = None, target_variance: float = 0.95) -> PcaResult:
-    """Fit PCA once and return a model that outputs ``pca`` with the chosen k.
+def fit_pca(features: DataFrame, *, k: int | None = None, target_variance: float | None = None) -> PcaResult:
+    """Fit PCA once and return a model that outputs ``pca`` with ``k`` components, or the fewest reaching the target.
 
     Spark's PCA cost is one pass to build the covariance plus a local
     eigendecomposition; k only slices the result. So with a variance target it
     fits all components once, picks k from the spectrum, and appends a
     VectorSlicer that keeps the first k: one pass over the data, not two fits.
     """
+    if (k is None) == (target_variance is None):
+        raise ValueError("fit_pca takes either k or target_variance")
     dimension = len(features.select("features").first()["features"])
     if k is not None:
         pca = PCA(k=min(k, dimension), inputCol="features", outputCol="pca").fit(features)

@@ -15,7 +15,7 @@ def fit_pca(run: RunContext, features):
     from featurize import pipeline
 
     with run.clock.stage("pca_fit") as details:
-        pca = pipeline.fit_pca(features, k=run.args.pca_k, target_variance=run.args.pca_variance or 0.95)
+        pca = pipeline.fit_pca(features, k=run.config.pca_k, target_variance=run.config.pca_variance)
         details.update(k=pca.k, explained=round(pca.cumulative_at_k, 4))
     return pca
 

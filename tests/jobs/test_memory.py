@@ -22,6 +22,7 @@ TASK = textwrap.dedent(
     import json, sys
     import numpy as np, pandas as pd
     from featurize.batch import FeaturizeSettings
+    from featurize.config import DEFAULT_COMMIT_EVERY
     from featurize.fetch import FetchSettings
     from featurize.model import worker_extractor
     from featurize.pipeline import TODO_SCHEMA, ChunkSettings, make_featurize_task
@@ -36,7 +37,7 @@ TASK = textwrap.dedent(
     extract(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
     files = Storage().list_files(sys.argv[1])
     todo = pd.DataFrame([(f.path, "big", f.size, f.etag, f.modified) for f in files], columns=TODO_SCHEMA.names)
-    task = make_featurize_task(settings, fetch, ChunkSettings("file:" + sys.argv[2], "fp"))
+    task = make_featurize_task(settings, fetch, ChunkSettings("file:" + sys.argv[2], "fp", DEFAULT_COMMIT_EVERY))
     before = status("VmRSS")
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here
     committed = pd.concat(task(iter([todo])))

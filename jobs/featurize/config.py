@@ -1,0 +1,49 @@
+"""The run's options as one frozen, typed value: built once by the command line, read by every step.
+
+Each default is written once. The settings of a task (batch.FeaturizeSettings,
+fetch.FetchSettings, pipeline.ChunkSettings) own the defaults of what they
+configure; the run's other defaults are here. The playbooks' job_* defaults
+are tested against these (tests/test_defaults.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from featurize.batch import FeaturizeSettings
+from featurize.fetch import FetchSettings
+from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
+
+# Fewer, larger tasks keep CNN batches full and pay each task's start cost less
+# often; whole waves of them keep every core busy (docs/performance.md).
+DEFAULT_FILES_PER_PARTITION = 1024
+# Images per committed chunk: a crash loses at most this many per running task.
+DEFAULT_COMMIT_EVERY = 512
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    input: str
+    output: str
+    run_id: str
+    weights: str = FeaturizeSettings.weights
+    image_size: int = FeaturizeSettings.image_size
+    batch_size: int = FeaturizeSettings.batch_size
+    # Exactly one of the two is set: a variance target, or a number of components.
+    pca_variance: float | None = 0.95
+    pca_k: int | None = None
+    # None: spark.task.cpus.
+    tf_threads: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_mb: int = DEFAULT_MAX_DECODE_BYTES // 2**20
+    files_per_partition: int = DEFAULT_FILES_PER_PARTITION
+    commit_every: int = DEFAULT_COMMIT_EVERY
+    fetch_concurrency: int = FetchSettings.max_in_flight
+    lock_ttl_hours: int = 12
+    break_lock: bool = False
+    log_level: str = "INFO"
+
+
+def default(name: str):
+    """The default of one JobConfig option."""
+    return next(field.default for field in fields(JobConfig) if field.name == name)
