@@ -392,6 +392,11 @@ def peer(moto: str, latency: float, variant: str, size: int) -> dict:
     }
 
 
+def requests_cell(row: dict) -> str:
+    """S3 requests per image, or "no S3" for a run from local disk."""
+    return f"{row['requests_per_image']:.3f}" if "requests_per_image" in row else "no S3"
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -585,7 +590,7 @@ def summarize(results: dict) -> str:
             lines.append(
                 f"| {label}, {size} px | {row['images']} | {row['featurize_images_per_s']:.1f} | "
                 f"{row['featurize_images_per_s'] / limits[size]['images_per_s']:.2f} | {row['wall_s']:.1f} | "
-                f"{row.get('requests_per_image', float('nan')):.3f} | {row.get('stand_in_cpu_s', 0.0):.1f} | "
+                f"{requests_cell(row)} | {row.get('stand_in_cpu_s', 0.0):.1f} | "
                 f"{row['peak_pss_bytes'] / 2**30:.2f} |"
             )
     for row in peers.values():

@@ -40,7 +40,7 @@ def print_summary(manifest: dict, weights: str) -> None:
     print(f"weights        {weights}")
 
 
-def print_outputs(s3, manifest: dict) -> None:
+def print_outputs(s3) -> None:
     folders: dict[str, list[int]] = {}
     for obj in objects(s3, f"runs/{RUN_ID}/"):
         folder = obj["Key"].removeprefix(f"runs/{RUN_ID}/").split("/", 1)[0]
@@ -79,7 +79,7 @@ def main() -> int:
             return job.returncode
         manifest = read_manifest(f"s3a://{BUCKET}/runs/", RUN_ID, s3)
         print_summary(manifest, weights)
-        print_outputs(s3, manifest)
+        print_outputs(s3)
         report = copy_report(s3)
         (report.parent.parent / "manifest.json").write_text(json.dumps(manifest, indent=2))
         print(f"\nreport: {report} (copied from s3://{BUCKET}/runs/{RUN_ID}/report/)")

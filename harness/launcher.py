@@ -20,10 +20,8 @@ QUIET_LOG4J = Path(__file__).with_name("log4j2-warn.properties")
 JOBS = REPO / "jobs"
 # Filled by `make jars` with the s3a_jars role, which keeps only the pinned versions there.
 JARS_DIR = REPO / ".cache" / "jars"
-SAMPLE_CANDIDATES = (
-    REPO.parent / "shared" / "data" / "fruits-360-sample",
-    Path("/work/shared/data/fruits-360-sample"),
-)
+# Beside the repository, as in the team's checkout (README, "Data: Fruits-360"); IMAGES=DIR elsewhere.
+SAMPLE_CANDIDATES = (REPO.parent / "shared" / "data" / "fruits-360-sample",)
 
 
 def sample_images() -> Path:
