@@ -81,7 +81,7 @@ def check_locations(run: RunContext) -> None:
 
 @dataclass(frozen=True)
 class Inputs:
-    files: int
+    file_count: int
     images: list[ListedFile]
 
 
@@ -181,10 +181,9 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         cnn_seconds=cnn_seconds,
         models_built=models_built,
     )
-    if run.warm_up:
-        with run.clock.stage("warm_up") as details:
-            run.warm_up.wait()
-            details.update(workers=run.warm_up.workers, job_s=round(run.warm_up.seconds, 1))
+    with run.clock.stage("warm_up") as details:
+        run.warm_up.wait()
+        details.update(workers=run.warm_up.workers, job_s=round(run.warm_up.seconds, 1))
     with run.clock.stage("featurize") as details:
         started = time.perf_counter()
         committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
@@ -223,7 +222,7 @@ def verify(run: RunContext, inputs: Inputs) -> list[Commit]:
 def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -> dict:
     from featurize import pipeline
 
-    counts = count_rows(run, files=inputs.files, images=len(inputs.images), live=live)
+    counts = count_rows(run, files=inputs.file_count, images=len(inputs.images), live=live)
     reasons, codes = summarize_errors(run, live)
     if counts.featurized < 2 and counts.retryable_errors:
         raise UnreadInputsError(unread_message(run, counts, codes))

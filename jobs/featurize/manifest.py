@@ -197,8 +197,8 @@ def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Cou
             "stages_seconds": run.clock.seconds,
             "worker_cpu_seconds": run.worker_cpu_seconds,
             "warm_up": {
-                "python_workers": run.warm_up.workers if run.warm_up else 0,
-                "seconds": round(run.warm_up.seconds, 3) if run.warm_up else 0.0,
+                "python_workers": run.warm_up.workers,
+                "seconds": round(run.warm_up.seconds, 3),
                 "models_built_by_featurize_tasks": run.models_built_by_featurize,
             },
         },

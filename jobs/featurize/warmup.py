@@ -48,5 +48,7 @@ class WarmUp:
         self._thread.join()
 
     def cancel(self) -> None:
-        self.spark.sparkContext.cancelJobGroup(self.GROUP)
+        """Stop the warm-up if it still runs (a run that failed early); Spark warns about a finished group."""
+        if self._thread.is_alive():
+            self.spark.sparkContext.cancelJobGroup(self.GROUP)
         self._thread.join()
