@@ -1,10 +1,10 @@
-"""Input and output locations that overlap are refused before any work (without Spark)."""
+"""The checks before any work: overlapping locations refused, s3a able to write where pca_model goes."""
 
 from __future__ import annotations
 
 import pytest
-from featurize.errors import LocationsOverlapError
-from featurize.locations import check_no_overlap
+from featurize.errors import LocationsOverlapError, StorageError
+from featurize.locations import check_no_overlap, check_spark_writes
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,14 @@ def test_overlapping_locations_are_refused_naming_both(images, output):
 )
 def test_sibling_locations_are_accepted(images, output):
     check_no_overlap(images, output)
+
+
+@pytest.mark.spark
+def test_the_s3a_probe_leaves_nothing_and_names_what_to_check_when_it_cannot_write(spark, s3, bucket):
+    check_spark_writes(spark, f"s3a://{bucket}/runs/r")
+    # s3a keeps the run's folder marker after a delete: a zero-byte key that listings skip.
+    assert [(o["Key"], o["Size"]) for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [("runs/r/", 0)]
+
+    expected = r"Spark cannot write to s3a://t-no-such-bucket/runs/r through s3a .*s3a jars"
+    with pytest.raises(StorageError, match=expected):
+        check_spark_writes(spark, "s3a://t-no-such-bucket/runs/r")
