@@ -1,4 +1,4 @@
-"""SparkPi, the classic smoke test, on the configured Spark."""
+"""SparkPi, the classic smoke test, on the configured Spark; then which BLAS Spark ML loads."""
 
 import random
 
@@ -15,4 +15,7 @@ def inside(_):
 
 count = spark.sparkContext.parallelize(range(samples), 4).filter(inside).count()
 print(f"Pi is roughly {4.0 * count / samples}")
+jvm = spark.sparkContext._jvm
+print("BLAS", jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName())
+print("LAPACK", jvm.dev.ludovic.netlib.lapack.LAPACK.getInstance().getClass().getName())
 spark.stop()

@@ -118,3 +118,11 @@ def test_tasks_fill_whole_waves_of_slots(spark):
     assert pipeline.task_count(spark, 3976, files_per_partition=100) == 40
     assert pipeline.task_count(spark, 1, files_per_partition=100) == 1
     assert pipeline.task_count(spark, 0, files_per_partition=100) == 0
+
+
+def test_spark_ml_runs_on_native_blas_and_lapack(spark):
+    """libopenblas0-pthread (installed by roles/spark and .ci/run): PCA is 2.5x slower on the Java fallback."""
+    jvm = spark.sparkContext._jvm
+    assert jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getName() == "dev.ludovic.netlib.blas.JNIBLAS"
+    lapack = jvm.dev.ludovic.netlib.lapack.LAPACK.getInstance().getClass().getName()
+    assert lapack == "dev.ludovic.netlib.lapack.JNILAPACK"
