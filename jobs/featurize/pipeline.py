@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.ml.feature import PCA, VectorSlicer
+from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -261,8 +261,10 @@ def fit_pca(features: DataFrame, *, k: int | None = None, target_variance: float
 
     Spark's PCA cost is one pass to build the covariance plus a local
     eigendecomposition; k only slices the result. So with a variance target it
-    fits all components once, picks k from the spectrum, and appends a
-    VectorSlicer that keeps the first k: one pass over the data, not two fits.
+    fits all components once, picks k from the spectrum, and keeps a model of
+    the first k: one pass over the data, not two fits, and a model of
+    dimension x k (not the 13 MB of all 1280 components, which Spark would
+    ship inside every task that transforms with it).
     """
     if (k is None) == (target_variance is None):
         raise ValueError("fit_pca takes either k or target_variance")
@@ -270,11 +272,33 @@ def fit_pca(features: DataFrame, *, k: int | None = None, target_variance: float
     if k is not None:
         pca = PCA(k=min(k, dimension), inputCol="features", outputCol="pca").fit(features)
         return PcaResult(PipelineModel([pca]), pca.getK(), [float(v) for v in pca.explainedVariance])
-    pca = PCA(k=dimension, inputCol="features", outputCol="pca_all").fit(features)
+    pca = PCA(k=dimension, inputCol="features", outputCol="pca").fit(features)
     spectrum = [float(v) for v in pca.explainedVariance]
     chosen = choose_k(spectrum, target_variance)
-    slicer = VectorSlicer(inputCol="pca_all", outputCol="pca", indices=list(range(chosen)))
-    return PcaResult(PipelineModel([pca, slicer]), chosen, spectrum)
+    return PcaResult(PipelineModel([first_components(pca, chosen)]), chosen, spectrum)
+
+
+def first_components(model: PCAModel, k: int) -> PCAModel:
+    """The PCAModel of the first ``k`` components of ``model``, built in the JVM without a second fit.
+
+    pyspark.ml has no public way to make a PCAModel from a matrix; the Scala
+    constructor (package-private in Scala, public to the JVM) is the one
+    Spark's own fit calls. The columns are the first k of the column-major
+    component matrix, so the projection equals the first k of the full one.
+    """
+    from pyspark import SparkContext
+
+    java, jvm = model._java_obj, SparkContext._active_spark_context._jvm
+    rows = java.pc().numRows()
+    arrays, linalg = jvm.java.util.Arrays, jvm.org.apache.spark.ml.linalg
+    components = linalg.DenseMatrix(rows, k, arrays.copyOfRange(java.pc().values(), 0, rows * k))
+    variance = linalg.DenseVector(arrays.copyOfRange(java.explainedVariance().values(), 0, k))
+    truncated = jvm.org.apache.spark.ml.feature.PCAModel(java.uid(), components, variance)
+    truncated.setInputCol(model.getInputCol()).setOutputCol(model.getOutputCol())
+    truncated.set(truncated.k(), k)
+    result = PCAModel(truncated)
+    result._transfer_params_from_java()
+    return result
 
 
 def write_projection(
