@@ -21,6 +21,7 @@ class FeaturizeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     tf_threads: int = 1
+    runtime: str = "tflite"
 
 
 @dataclass

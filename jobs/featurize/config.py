@@ -29,6 +29,7 @@ class JobConfig:
     weights: str = FeaturizeSettings.weights
     image_size: int = FeaturizeSettings.image_size
     batch_size: int = FeaturizeSettings.batch_size
+    runtime: str = FeaturizeSettings.runtime
     # Exactly one of the two is set: a variance target, or a number of components.
     pca_variance: float | None = 0.95
     pca_k: int | None = None

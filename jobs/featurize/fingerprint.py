@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 from featurize import __version__
 from featurize.batch import FeaturizeSettings
-from featurize.model import imagenet_weights_path
+from featurize.model import weights_identity
 
 # The modules whose code decides what a feature vector is.
 FEATURIZING_MODULES = ("images.py", "batch.py", "model.py")
@@ -22,7 +21,7 @@ def featurizing_code() -> dict[str, str]:
     package = resources.files("featurize")
     code = hashlib.sha256(b"".join((package / name).read_bytes() for name in FEATURIZING_MODULES)).hexdigest()
     versions = {}
-    for distribution in ("pillow", "keras", "tensorflow-cpu", "tensorflow"):
+    for distribution in ("pillow", "keras", "tensorflow-cpu", "tensorflow", "ai-edge-litert"):
         try:
             versions[distribution] = metadata.version(distribution)
         except metadata.PackageNotFoundError:
@@ -33,13 +32,10 @@ def featurizing_code() -> dict[str, str]:
 def settings_fingerprint(settings: FeaturizeSettings) -> str:
     """What makes two feature vectors comparable: weights content, input size, decode limits, the featurizing
     code and its libraries."""
-    weights = settings.weights
-    if weights != "none":
-        path = imagenet_weights_path(settings.image_size) if weights == "imagenet" else Path(weights)
-        weights = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     identity = {
         "model": "MobileNetV2(include_top=False, pooling=avg)",
-        "weights": weights,
+        "runtime": settings.runtime,
+        "weights": weights_identity(settings.weights, settings.image_size),
         "image_size": settings.image_size,
         "max_pixels": settings.max_pixels,
         "max_decode_bytes": settings.max_decode_bytes,

@@ -51,6 +51,7 @@ def prepare(spark, config: JobConfig) -> RunContext:
         weights=config.weights,
         image_size=config.image_size,
         batch_size=config.batch_size,
+        runtime=config.runtime,
         max_pixels=config.max_image_pixels,
         max_decode_bytes=config.max_decode_mb * 2**20,
         tf_threads=config.tf_threads or int(conf.get("spark.task.cpus", "1")),

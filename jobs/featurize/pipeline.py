@@ -68,6 +68,11 @@ class ChunkSettings:
     attempt_records: str = ""
 
 
+def model_key(settings: FeaturizeSettings) -> tuple[str, int, int, str]:
+    """What a Python worker's model is built from (featurize.model.worker_extractor)."""
+    return settings.weights, settings.image_size, settings.tf_threads, settings.runtime
+
+
 def task_attempt() -> int:
     """0 for a task's first attempt (and outside Spark), then 1, 2, ... for Spark's retries of it."""
     from pyspark import TaskContext
@@ -116,11 +121,9 @@ def make_featurize_task(
     """
 
     def featurize_task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        if models_built is not None and not built_in_this_worker(
-            settings.weights, settings.image_size, settings.tf_threads
-        ):
+        if models_built is not None and not built_in_this_worker(*model_key(settings)):
             models_built.add(1)
-        extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
+        extract = worker_extractor(*model_key(settings))
         storage = Storage(fetch.endpoint_url)
         rows = [row for batch in batches for row in batch.itertuples(index=False)]
         attempt = task_attempt()
@@ -194,7 +197,7 @@ def warm_up_frame(spark: SparkSession, settings: FeaturizeSettings) -> DataFrame
     slots = max(spark.sparkContext.defaultParallelism, 1)
 
     def warm(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
+        extract = worker_extractor(*model_key(settings))
         extract(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
         for _ in batches:
             pass

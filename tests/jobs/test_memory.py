@@ -25,7 +25,7 @@ TASK = textwrap.dedent(
     from featurize.config import DEFAULT_COMMIT_EVERY
     from featurize.fetch import FetchSettings
     from featurize.model import worker_extractor
-    from featurize.pipeline import TODO_SCHEMA, ChunkSettings, make_featurize_task
+    from featurize.pipeline import TODO_SCHEMA, ChunkSettings, make_featurize_task, model_key
     from featurize.storage import Storage
 
     def status(field):
@@ -33,7 +33,7 @@ TASK = textwrap.dedent(
         return int(line.split()[1]) * 1024
 
     settings, fetch = FeaturizeSettings(weights="none"), FetchSettings()
-    extract = worker_extractor(settings.weights, settings.image_size, settings.tf_threads)
+    extract = worker_extractor(*model_key(settings))
     extract(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
     files = Storage().list_files(sys.argv[1])
     todo = pd.DataFrame([(f.path, "big", f.size, f.etag, f.modified) for f in files], columns=TODO_SCHEMA.names)
