@@ -15,7 +15,7 @@ from pathlib import Path
 
 import boto3
 
-from harness.launcher import job_args, read_manifest, run_job, sample_images, upload_tree
+from harness.launcher import calibrated_weights, job_args, read_manifest, run_job, sample_images, upload_tree
 from harness.moto import TEST_CREDENTIALS, moto_server
 
 BUCKET = "fruitcloud-demo"
@@ -61,7 +61,8 @@ def copy_report(s3) -> Path:
 def main() -> int:
     images = sample_images()
     os.environ.update(TEST_CREDENTIALS)
-    weights = os.environ.get("WEIGHTS", "none")
+    # No ImageNet download here: the calibrated test weights, unless WEIGHTS says otherwise (none, imagenet, PATH).
+    weights = os.environ.get("WEIGHTS") or str(calibrated_weights())
     with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(

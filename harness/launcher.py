@@ -7,6 +7,7 @@ one place reads a run's manifest back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +33,21 @@ def sample_images() -> Path:
     raise FileNotFoundError(
         "Fruits-360 sample not found: set IMAGES=DIR (looked in " + ", ".join(str(c) for c in SAMPLE_CANDIDATES) + ")"
     )
+
+
+def calibrated_weights() -> Path:
+    """The test and demo weights (scripts/make_test_weights.py): Keras's file layout, calibrated random values.
+
+    Named by the script that makes them, so a change to the calibration makes a new file; made once.
+    """
+    script = REPO / "scripts" / "make_test_weights.py"
+    version = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
+    path = (
+        REPO / ".cache" / "test-weights" / version / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    )
+    if not path.is_file():
+        subprocess.run([sys.executable, str(script), str(path), str(sample_images())], check=True)
+    return path
 
 
 def s3a_jars() -> list[Path]:

@@ -12,7 +12,7 @@ import sys
 import boto3
 import pytest
 
-from harness.launcher import REPO, build_job_zip, s3a_conf, s3a_jars, sample_images
+from harness.launcher import REPO, build_job_zip, calibrated_weights, s3a_conf, s3a_jars, sample_images
 from harness.moto import TEST_CREDENTIALS, moto_server
 
 
@@ -58,12 +58,7 @@ def trixie_target_image():
 @pytest.fixture(scope="session")
 def test_weights():
     """A weights file shaped like Keras' ImageNet MobileNetV2 no-top file, and its "sha256:" checksum."""
-    script = REPO / "scripts" / "make_test_weights.py"
-    # Named by the script that makes it, so a change to the calibration makes a new file.
-    version = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
-    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-    path = REPO / ".cache" / "test-weights" / version / name
-    subprocess.run([sys.executable, str(script), str(path), str(sample_images())], check=True)
+    path = calibrated_weights()
     return path, "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
