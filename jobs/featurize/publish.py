@@ -39,9 +39,11 @@ def write_pca(run: RunContext, features, pca) -> list[str]:
 def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str, int], pca) -> str | None:
     """Plots and HTML from aggregates and a bounded uniform sample; a failure never fails the run.
 
-    The scatter projects the sample with the fitted PCA stage itself, so PC 2 is
-    shown even when the variance target keeps a single component.
+    The scatter projects the collected sample on the driver with the first
+    two components (as the projection does: no centring), instead of
+    shipping the PCA model (1280 x k doubles) inside Spark tasks.
     """
+    import numpy as np
     from pyspark.ml.functions import vector_to_array
 
     from featurize.report import SCATTER_SAMPLE, build_report
@@ -49,13 +51,18 @@ def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str
     try:
         featurized = manifest["counts"]["featurized"]
         fraction = min(1.0, 1.2 * SCATTER_SAMPLE / max(featurized, 1))
-        pca_stage = pca.model.stages[0]
         sample = (
-            pca_stage.transform(features.sample(fraction=fraction, seed=0).limit(SCATTER_SAMPLE))
-            .select(vector_to_array(pca_stage.getOutputCol()).alias("pc"), "label")
+            features.sample(fraction=fraction, seed=0)
+            .limit(SCATTER_SAMPLE)
+            .select(vector_to_array("features").alias("features"), "label")
             .collect()
         )
-        points = [(row.pc[0], row.pc[1] if len(row.pc) > 1 else 0.0, row.label) for row in sample]
+        components = pca.components[:, :2]
+        projected = np.array([row.features for row in sample]).reshape(len(sample), -1) @ components
+        points = [
+            (float(pc[0]), float(pc[1]) if len(pc) > 1 else 0.0, row.label)
+            for pc, row in zip(projected, sample, strict=True)
+        ]
         report_uri = join(run.run_uri, "report")
         for name, data in build_report(manifest, points, reasons).items():
             content_type = "text/html" if name.endswith(".html") else "image/png"
