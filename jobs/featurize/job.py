@@ -77,7 +77,7 @@ def check_locations(run: RunContext) -> None:
     for uri in (run.config.input, run.config.output):
         run.storage.check_bucket(uri)
     run.storage.check_writable(run.run_uri)
-    check_spark_writes(run.spark, run.run_uri)
+    check_spark_writes(run.spark, run.storage, run.run_uri)
 
 
 @dataclass(frozen=True)

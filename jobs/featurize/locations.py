@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from featurize.errors import LocationsOverlapError, StorageError
-from featurize.storage import is_s3, join, local_path
+from featurize.storage import Storage, is_s3, join, local_path
 
 
 def canonical(uri: str) -> str:
@@ -22,7 +22,7 @@ def check_no_overlap(input_uri: str, output_uri: str) -> None:
         )
 
 
-def check_spark_writes(spark, run_uri: str) -> None:
+def check_spark_writes(spark, storage: Storage, run_uri: str) -> None:
     """Create and delete a small object through s3a, the filesystem that saves pca_model.
 
     Missing or mismatched s3a jars, or credentials that boto3 finds and s3a
@@ -41,6 +41,8 @@ def check_spark_writes(spark, run_uri: str) -> None:
         stream.write(bytearray(b"s3a can write here\n"))
         stream.close()
         filesystem.delete(probe, False)
+        # s3a leaves a marker of the probe's folder (the run's) behind: a failed run writes nothing.
+        storage.delete(join(run_uri, ""))
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         cause = next((line for line in lines if line.startswith(": ")), lines[0]).lstrip(": ")

@@ -87,6 +87,7 @@ def test_default_scenario_converges_idempotently_and_verifies(
             "EXPECT_JAVA": java,
             "MOTO_ENDPOINT": moto_endpoint,
             "VERIFY_BUCKET": bucket,
+            "TEST_WEIGHTS_FILE": str(test_weights[0]),
             "TEST_WEIGHTS_SHA256": test_weights[1],
             "ANSIBLE_NOCOLOR": "1",
         }
