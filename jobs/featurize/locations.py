@@ -41,8 +41,6 @@ def check_spark_writes(spark, storage: Storage, run_uri: str) -> None:
         stream.write(bytearray(b"s3a can write here\n"))
         stream.close()
         filesystem.delete(probe, False)
-        # s3a leaves a marker of the probe's folder (the run's) behind: a failed run writes nothing.
-        storage.delete(join(run_uri, ""))
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         cause = next((line for line in lines if line.startswith(": ")), lines[0]).lstrip(": ")
@@ -50,3 +48,5 @@ def check_spark_writes(spark, storage: Storage, run_uri: str) -> None:
             f"Spark cannot write to {run_uri} through s3a ({cause[:300]}): check the s3a jars on the classpath "
             "(roles/s3a_jars) and that s3a finds the same credentials as boto3; nothing was computed"
         ) from exc
+    # s3a leaves a marker of the probe's folder (the run's) behind: a failed run writes nothing.
+    storage.delete(join(run_uri, ""))
