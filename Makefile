@@ -40,13 +40,16 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint --profile production
 
+# Two workers on two cores: most tests wait on a JVM, SSH or a container, not on a core.
+PYTEST_WORKERS ?= 2
+
 test-python: venv jars
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint test-python ## Linters and the whole test suite (what CI runs)
 
 test-fast: lint venv jars ## Linters plus the job's unit and end-to-end tests (a few minutes; no Ansible, no Molecule)
-	$(BIN)/pytest -m "not molecule and not slow" tests/jobs tests/test_emr.py
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not container and not slow" tests/jobs tests/test_emr.py
 
 clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache

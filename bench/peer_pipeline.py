@@ -3,8 +3,10 @@
 ``course`` (the headline peer) is the template as its better versions run it:
 binaryFile over s3a, weights broadcast from the driver, the model rebuilt by a
 factory in every iterator, ``model.predict`` per batch, features written to
-Parquet once and read back, a row-at-a-time Python UDF for array -> vector, a
-StandardScaler, and PCA fitted twice (all components, then the chosen k).
+Parquet once and read back, array -> vector with pyspark.ml's
+``array_to_vector`` (the template's row-at-a-time Python UDF returning a
+VectorUDT fails on Spark 4.2: UNSUPPORTED_DATATYPE), a StandardScaler, and
+PCA fitted twice (all components, then the chosen k).
 ``naive`` is the same without the write and read back: every action reruns
 the CNN (three times here), as many submitted notebooks do. Only difference
 from the template: random weights, because ImageNet weights cannot be
@@ -20,9 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from pyspark.ml.feature import PCA, StandardScaler
-from pyspark.ml.linalg import Vectors, VectorUDT
+from pyspark.ml.functions import array_to_vector
 from pyspark.sql import SparkSession
-from pyspark.sql.functions import PandasUDFType, col, element_at, pandas_udf, split, udf
+from pyspark.sql.functions import PandasUDFType, col, element_at, pandas_udf, split
 
 
 def main(input_uri: str, output_uri: str, size: int, variant: str) -> None:
@@ -69,8 +71,7 @@ def main(input_uri: str, output_uri: str, size: int, variant: str) -> None:
     if variant == "course":
         features_df.write.mode("overwrite").parquet(output_uri + "features")
         features_df = spark.read.parquet(output_uri + "features")
-    array_to_vector_udf = udf(lambda values: Vectors.dense(values), VectorUDT())
-    vectors = features_df.withColumn("features_vec", array_to_vector_udf("features"))
+    vectors = features_df.withColumn("features_vec", array_to_vector("features"))
     column = "features_vec"
     if variant == "course":
         vectors = StandardScaler(inputCol=column, outputCol="scaled").fit(vectors).transform(vectors)

@@ -7,6 +7,7 @@ one place reads a run's manifest back.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,15 +39,23 @@ def sample_images() -> Path:
 def calibrated_weights() -> Path:
     """The test and demo weights (scripts/make_test_weights.py): Keras's file layout, calibrated random values.
 
-    Named by the script that makes them, so a change to the calibration makes a new file; made once.
+    Named by the script that makes them, so a change to the calibration makes a new file; made once,
+    under a lock (parallel test workers ask at the same time).
     """
     script = REPO / "scripts" / "make_test_weights.py"
     version = hashlib.sha256(script.read_bytes()).hexdigest()[:12]
     path = (
         REPO / ".cache" / "test-weights" / version / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     )
-    if not path.is_file():
-        subprocess.run([sys.executable, str(script), str(path), str(sample_images())], check=True)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            partial = path.with_suffix(f".{os.getpid()}.partial.h5")
+            subprocess.run([sys.executable, str(script), str(partial), str(sample_images())], check=True)
+            os.replace(partial, path)
     return path
 
 
@@ -58,11 +67,16 @@ def s3a_jars() -> list[Path]:
 
 
 def build_job_zip(target: Path) -> Path:
-    """Zip the ``featurize`` package for --py-files, as the deploy role does on hosts."""
+    """Zip the ``featurize`` package for --py-files, as the deploy role does on hosts.
+
+    Written beside the target and renamed: a job started by another test may be reading the target.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
         for source in sorted((JOBS / "featurize").rglob("*.py")):
             archive.write(source, source.relative_to(JOBS))
+    os.replace(partial, target)
     return target
 
 

@@ -16,6 +16,14 @@ from harness.launcher import REPO, build_job_zip, calibrated_weights, s3a_conf, 
 from harness.moto import TEST_CREDENTIALS, moto_server
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("container"):
+            # One worker takes them all, first (the largest group): the stand-in images are built once
+            # and the stand-ins' fixed names never meet.
+            item.add_marker(pytest.mark.xdist_group("containers"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def aws_test_credentials():
     """moto's dummy keys for every test; a real profile must never be picked up."""

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -123,23 +124,28 @@ def test_s3_throttling_and_dropped_connections_lose_nothing(spark, s3, bucket, m
     assert featurized_paths(spark, bucket, "throttled") == sorted(f"s3a://{bucket}/{key}" for key in keys)
 
 
-def cnn_workers(root: psutil.Process, min_rss: int) -> list[psutil.Process]:
-    """Python workers forked by pyspark.daemon that have loaded TensorFlow (so they are inside a task)."""
+def workers_reading_s3(root: psutil.Process, s3_port: int) -> list[psutil.Process]:
+    """Python workers forked by pyspark.daemon with a connection to S3 open: inside a featurize task.
+
+    (The warm-up's workers hold the CNN too, but never talk to S3.)
+    """
     found = []
     for process in root.children(recursive=True):
         with contextlib.suppress(psutil.Error):
             parent = process.parent()
-            if parent and "pyspark.daemon" in " ".join(parent.cmdline()) and process.memory_info().rss > min_rss:
+            in_daemon = parent and "pyspark.daemon" in " ".join(parent.cmdline())
+            if in_daemon and any(c.raddr and c.raddr.port == s3_port for c in process.net_connections(kind="tcp")):
                 found.append(process)
     return found
 
 
 def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoint, sample_dir, tmp_path):
-    keys = uploaded_classes(s3, bucket, sample_dir, ("Pear",))
+    """A worker killed from outside (as the OOM killer does) in the featurize stage: Spark reruns its task."""
+    keys = uploaded_classes(s3, bucket, sample_dir, ("Pear", "Kiwi"))
     log = tmp_path / "driver.log"
     with open(log, "w") as stream:
         job = subprocess.Popen(
-            spark_submit_command(s3_job_args(bucket, "worker-killed", image_size=160), moto_endpoint, "local[2,4]"),
+            spark_submit_command(s3_job_args(bucket, "worker-killed"), moto_endpoint, "local[2,4]"),
             stdout=stream,
             stderr=subprocess.STDOUT,
             env=job_environment(),
@@ -148,10 +154,10 @@ def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoi
         deadline = time.monotonic() + 300
         victims: list[psutil.Process] = []
         while not victims:
-            assert job.poll() is None, "the job ended before a worker loaded the CNN"
+            assert job.poll() is None, "the job ended before a featurize task was seen"
             assert time.monotonic() < deadline
-            victims = cnn_workers(psutil.Process(job.pid), min_rss=300 * 2**20)
-            time.sleep(0.1)
+            victims = workers_reading_s3(psutil.Process(job.pid), urlsplit(moto_endpoint).port)
+            time.sleep(0.05)
         victims[0].kill()
         assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
     lost = re.search(r"Lost task (\d+)\.0 in stage (\S+) ", log.read_text())

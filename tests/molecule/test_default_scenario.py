@@ -32,7 +32,7 @@ from fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, free_port
 
-pytestmark = pytest.mark.molecule
+pytestmark = pytest.mark.container
 
 
 def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS
 
-pytestmark = pytest.mark.molecule
+pytestmark = pytest.mark.container
 
 BIONIC_OS_RELEASE = """NAME="Ubuntu"
 VERSION="18.04.6 LTS (Bionic Beaver)"

@@ -28,7 +28,7 @@ from fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, moto_server
 
-pytestmark = pytest.mark.molecule
+pytestmark = pytest.mark.container
 
 BUCKET = "fruitcloud-site-test"
 HOST = "fruitcloud-master"
