@@ -409,16 +409,8 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def main() -> int:
-    if sys.argv[1:2] == ["--summarize"]:
-        print(summarize(json.loads(Path(sys.argv[2]).read_text())))
-        return 0
-    os.environ.update(TEST_CREDENTIALS)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = sample_images()
-    files = sorted(root.rglob("*.jpg"))
-    n = len(files)
-    results: dict = {
+def machine_facts(images: int) -> dict:
+    return {
         "machine": {
             "cpus": psutil.cpu_count(),
             "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
@@ -426,19 +418,14 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "cores": CORES,
-        "images_1x": n,
+        "images_1x": images,
         "driver_memory": HOST_4GB_DRIVER_MEMORY,
         "driver_java_options": " ".join(HOST_4GB_JAVA_OPTIONS),
         "latency_s": LATENCY,
     }
-    print(f"benchmark: {n} images, {CORES} cores, S3 latency {1000 * LATENCY:.0f} ms", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
 
-    def save() -> None:
-        """Keep what is measured so far: a later failure leaves the earlier rows for --summarize."""
-        (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str))
 
-    images = [path.read_bytes() for path in files]
+def measure_limits(results: dict, images: list[bytes]) -> None:
     results["runtime"] = RUNTIME
     results["limit"] = {size: bare_tf_limit(images, size) for size in SIZES}
     results["keras_limit_224"] = bare_tf_limit(images, 224, runtime="keras")
@@ -448,35 +435,70 @@ def main() -> int:
     ]:
         layout = f"{limit['best_layout']}, batch {limit['best_batch']}"
         print(f"limit {name}: {limit['images_per_s']:.1f} img/s ({layout})", flush=True)
-    save()
 
+
+def measure_ours(results: dict, moto: str, root: Path, save) -> None:
+    for size in SIZES:
+        with tempfile.TemporaryDirectory(prefix="fruitcloud-bench-") as directory:
+            local = ours(None, root.as_uri(), Path(directory).as_uri() + "/", f"local-{size}", size)
+        results["runs"][f"local-{size}"] = local
+        for latency in (0.0, LATENCY):
+            name = f"s3-{size}-{int(1000 * latency)}ms"
+            results["runs"][name] = row = over_s3(moto, latency, f"s3a://{BUCKET}/x1/", name, size)
+            save()
+            print(
+                f"{name}: featurize {row['featurize_images_per_s']:.1f} img/s, wall {row['wall_s']:.1f} s, "
+                f"{row['requests_per_image']:.3f} requests/image",
+                flush=True,
+            )
+
+
+def measure_peers(results: dict, moto: str, save) -> None:
+    peers = [("course", LATENCY), ("course", 0.0)] + ([("naive", 0.0)] if WITH_NAIVE_PEER else [])
+    for variant, latency in peers:
+        name = f"{variant}-{int(1000 * latency)}ms"
+        results["peers"][name] = peer(moto, latency, variant, 224)
+        print(f"peer {name}: {results['peers'][name]['wall_s']:.1f} s", flush=True)
+        save()
+
+
+def measure_scaling(results: dict, s3, moto: str, root: Path, save) -> None:
+    for scale in SCALES:
+        upload(s3, sample_keys(root, f"x{scale}", scale))
+        row = over_s3(moto, LATENCY, f"s3a://{BUCKET}/x{scale}/", f"scale-{scale}", 224)
+        results["scaling"][scale] = row
+        save()
+        peak = row["peak_pss_bytes"] / 2**30
+        print(f"x{scale}: {row['images']} images in {row['wall_s']:.1f} s, peak {peak:.2f} GiB", flush=True)
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["--summarize"]:
+        print(summarize(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
+    os.environ.update(TEST_CREDENTIALS)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    root = sample_images()
+    files = sorted(root.rglob("*.jpg"))
+    results: dict = machine_facts(len(files))
+    print(f"benchmark: {len(files)} images, {CORES} cores, S3 latency {1000 * LATENCY:.0f} ms", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Keep what is measured so far: a later failure leaves the earlier rows for --summarize."""
+        (RESULTS / "bench.json").write_text(json.dumps(results, indent=2, default=str))
+
+    images = [path.read_bytes() for path in files]
+    measure_limits(results, images)
+    save()
     results["runs"], results["peers"], results["scaling"] = {}, {}, {}
     with moto_server() as moto:
         s3 = boto3.client("s3", endpoint_url=moto)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         upload(s3, sample_keys(root, "x1", 1))
         s3.put_object(Bucket=BUCKET, Key="x1/README.txt", Body=b"not an image")
-        for size in SIZES:
-            with tempfile.TemporaryDirectory(prefix="fruitcloud-bench-") as directory:
-                scratch = Path(directory)
-                local = ours(None, root.as_uri(), scratch.as_uri() + "/", f"local-{size}", size)
-            results["runs"][f"local-{size}"] = local
-            for latency in (0.0, LATENCY):
-                name = f"s3-{size}-{int(1000 * latency)}ms"
-                results["runs"][name] = over_s3(moto, latency, f"s3a://{BUCKET}/x1/", name, size)
-                row = results["runs"][name]
-                save()
-                print(
-                    f"{name}: featurize {row['featurize_images_per_s']:.1f} img/s, wall {row['wall_s']:.1f} s, "
-                    f"{row['requests_per_image']:.3f} requests/image",
-                    flush=True,
-                )
-        peers = [("course", LATENCY), ("course", 0.0)] + ([("naive", 0.0)] if WITH_NAIVE_PEER else [])
-        for variant, latency in peers:
-            name = f"{variant}-{int(1000 * latency)}ms"
-            results["peers"][name] = peer(moto, latency, variant, 224)
-            print(f"peer {name}: {results['peers'][name]['wall_s']:.1f} s", flush=True)
-            save()
+        measure_ours(results, moto, root, save)
+        measure_peers(results, moto, save)
         results["off_core"] = off_core = s3_off_the_jobs_core(images, moto, root)
         save()
         print(
@@ -484,14 +506,7 @@ def main() -> int:
             f"limit on that core {off_core['limit_images_per_s']:.1f} img/s",
             flush=True,
         )
-        for scale in SCALES:
-            keys = sample_keys(root, f"x{scale}", scale)
-            upload(s3, keys)
-            row = over_s3(moto, LATENCY, f"s3a://{BUCKET}/x{scale}/", f"scale-{scale}", 224)
-            results["scaling"][scale] = row
-            save()
-            peak = row["peak_pss_bytes"] / 2**30
-            print(f"x{scale}: {row['images']} images in {row['wall_s']:.1f} s, peak {peak:.2f} GiB", flush=True)
+        measure_scaling(results, s3, moto, root, save)
 
     report = summarize(results)
     save()
@@ -513,7 +528,6 @@ def cost_of_a_million(per_image_s: float, hosts: int, workers: int) -> tuple[flo
 def off_core_section(off_core: dict, ms: int, stand_in_ms_per_image: float) -> list[str]:
     limit = off_core["limit_images_per_s"]
     lines = [
-        "",
         "## Extra context: S3 off the job's core",
         "",
         f"On AWS, S3 takes no CPU from the host; here moto and the proxy take {stand_in_ms_per_image:.1f} core-ms "
@@ -534,20 +548,13 @@ def off_core_section(off_core: dict, ms: int, stand_in_ms_per_image: float) -> l
     return lines
 
 
-def summarize(results: dict) -> str:
+def targets_section(results: dict) -> list[str]:
     runs, peers = results["runs"], results["peers"]
-    runs = {name: row for name, row in runs.items()}
     limits = {int(size): row for size, row in results["limit"].items()}
     scaling = {int(scale): row for scale, row in results["scaling"].items()}
     ms = int(1000 * results["latency_s"])
     headline, baseline = runs[f"s3-224-{ms}ms"], runs["s3-224-0ms"]
-    course = peers[f"course-{ms}ms"]
     lines = [
-        f"# Benchmark ({results['images_1x']} Fruits-360 images, {results['cores']} cores, "
-        f"{results['machine']['ram_gb']} GB RAM, driver heap {results['driver_memory']}, "
-        f"JVM {results['driver_java_options']} (sized as on a 4 GB host), S3 = moto behind a proxy "
-        f"on 127.0.0.1 adding 0 or {ms} ms per request)",
-        "",
         "## Targets",
         "",
         "| measure | value | target | ratio | verdict |",
@@ -580,17 +587,13 @@ def summarize(results: dict) -> str:
         f"| S3 requests per image, listing and writes included | {per_image:.3f} ({headline['requests']} "
         f"requests) | ≤ 1.2 | | {verdict(per_image <= 1.2)} |"
     )
-    speedup = course["wall_s"] / headline["wall_s"]
-    lines.append(
-        f"| end to end vs the course template, {ms} ms, 224 px | {headline['wall_s']:.1f} s vs "
-        f"{course['wall_s']:.1f} s | ≥ 3x faster | {speedup:.2f}x | {verdict(speedup >= 3)} |"
-    )
-    course_0 = peers["course-0ms"]
-    speedup_0 = course_0["wall_s"] / baseline["wall_s"]
-    lines.append(
-        f"| end to end vs the course template, 0 ms, 224 px | {baseline['wall_s']:.1f} s vs "
-        f"{course_0['wall_s']:.1f} s | ≥ 3x faster | {speedup_0:.2f}x | {verdict(speedup_0 >= 3)} |"
-    )
+    for latency_ms, ours_row in ((ms, headline), (0, baseline)):
+        course = peers[f"course-{latency_ms}ms"]
+        speedup = course["wall_s"] / ours_row["wall_s"]
+        lines.append(
+            f"| end to end vs the course template, {latency_ms} ms, 224 px | {ours_row['wall_s']:.1f} s vs "
+            f"{course['wall_s']:.1f} s | ≥ 3x faster | {speedup:.2f}x | {verdict(speedup >= 3)} |"
+        )
     largest = max(scaling)
     peak = scaling[largest]["peak_pss_bytes"]
     lines.append(
@@ -598,8 +601,21 @@ def summarize(results: dict) -> str:
         f"4 GB settings | {peak / 2**30:.2f} GiB ({peak / 1e9:.2f} GB) | ≤ 2.0 GiB of the host's 4 GB "
         f"| | {verdict(peak <= 2 * 2**30)} |"
     )
-    lines += [
-        "",
+    return lines
+
+
+def run_row(label: str, row: dict, limit: float) -> str:
+    return (
+        f"| {label} | {row['images']} | {row['featurize_images_per_s']:.1f} | "
+        f"{row['featurize_images_per_s'] / limit:.2f} | {row['wall_s']:.1f} | "
+        f"{requests_cell(row)} | {row.get('stand_in_cpu_s', 0.0):.1f} | {row['peak_pss_bytes'] / 2**30:.2f} |"
+    )
+
+
+def runs_section(results: dict) -> list[str]:
+    runs, limits = results["runs"], {int(size): row for size, row in results["limit"].items()}
+    ms = int(1000 * results["latency_s"])
+    lines = [
         "## All runs (seconds; featurize = the featurize stage of the manifest)",
         "",
         "The S3 stand-in (moto and the proxy) runs on the same 2 cores as the job; its CPU seconds are shown, "
@@ -621,17 +637,11 @@ def summarize(results: dict) -> str:
                 f"{keras['images_per_s']:.1f} | {keras['images_per_s'] / limits[224]['images_per_s']:.2f} | | | | |"
             )
         for name in (f"local-{size}", f"s3-{size}-0ms", f"s3-{size}-{ms}ms"):
-            row = runs[name]
             label = {"local": "ours, local disk (no network)", "s3": "ours, S3"}[name.split("-")[0]]
             if name.startswith("s3"):
                 label += f" + {name.rsplit('-', 1)[1]}"
-            lines.append(
-                f"| {label}, {size} px | {row['images']} | {row['featurize_images_per_s']:.1f} | "
-                f"{row['featurize_images_per_s'] / limits[size]['images_per_s']:.2f} | {row['wall_s']:.1f} | "
-                f"{requests_cell(row)} | {row.get('stand_in_cpu_s', 0.0):.1f} | "
-                f"{row['peak_pss_bytes'] / 2**30:.2f} |"
-            )
-    for row in peers.values():
+            lines.append(run_row(f"{label}, {size} px", runs[name], limits[size]["images_per_s"]))
+    for row in results["peers"].values():
         label = {
             "course": "course template (features written once, StandardScaler, PCA twice)",
             "naive": "naive notebook (nothing persisted: the CNN runs 3 times), extra context",
@@ -641,14 +651,16 @@ def summarize(results: dict) -> str:
             f"{row['wall_s']:.1f} | {row['requests'] / results['images_1x']:.3f} | | "
             f"{row['peak_pss_bytes'] / 2**30:.2f} |"
         )
-    for scale, row in sorted(scaling.items()):
-        lines.append(
-            f"| ours x{scale}, S3 + {ms} ms, 224 px | {row['images']} | {row['featurize_images_per_s']:.1f} | "
-            f"{row['featurize_images_per_s'] / limits[224]['images_per_s']:.2f} | {row['wall_s']:.1f} | "
-            f"{row['requests_per_image']:.3f} | {row['stand_in_cpu_s']:.1f} | {row['peak_pss_bytes'] / 2**30:.2f} |"
-        )
-    lines += [
-        "",
+    for scale, row in sorted((int(scale), row) for scale, row in results["scaling"].items()):
+        lines.append(run_row(f"ours x{scale}, S3 + {ms} ms, 224 px", row, limits[224]["images_per_s"]))
+    return lines
+
+
+def stages_section(results: dict) -> list[str]:
+    ms = int(1000 * results["latency_s"])
+    headline = results["runs"][f"s3-224-{ms}ms"]
+    scaling = {int(scale): row for scale, row in results["scaling"].items()}
+    lines = [
         f"## Where the time goes (224 px, S3 + {ms} ms; seconds)",
         "",
         "| stage | x1 | " + " | ".join(f"x{s}" for s in sorted(scaling)) + " |",
@@ -657,8 +669,14 @@ def summarize(results: dict) -> str:
     for stage in headline["stages_s"]:
         values = [headline["stages_s"].get(stage, 0)] + [scaling[s]["stages_s"].get(stage, 0) for s in sorted(scaling)]
         lines.append(f"| {stage} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
-    lines += [
-        "",
+    return lines
+
+
+def core_time_section(results: dict) -> list[str]:
+    runs, off_core = results["runs"], results["off_core"]
+    ms = int(1000 * results["latency_s"])
+    scaling = {int(scale): row for scale, row in results["scaling"].items()}
+    lines = [
         "## Where the featurize stage's core-time goes (224 px, core-ms per image)",
         "",
         "Stage core-time is cores x stage seconds. CNN and decode are timed around their calls inside the Python "
@@ -668,11 +686,10 @@ def summarize(results: dict) -> str:
         "| run | stage | CNN | decode | other | stand-in, whole run |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    off_core = results["off_core"]
     for name, row in (
         ("local disk", runs["local-224"]),
-        ("S3 + 0 ms", baseline),
-        (f"S3 + {ms} ms", headline),
+        ("S3 + 0 ms", runs["s3-224-0ms"]),
+        (f"S3 + {ms} ms", runs[f"s3-224-{ms}ms"]),
         *((f"x{s}, S3 + {ms} ms", scaling[s]) for s in sorted(scaling)),
         ("local disk, 1 core", off_core["local"]),
         (f"S3 + {ms} ms, 1 core, stand-in off it", off_core["s3"]),
@@ -680,15 +697,18 @@ def summarize(results: dict) -> str:
         per = 1000 / row["images"]
         stage = row["cores"] * row["featurize_s"] * per
         cnn, decode = row["worker_cpu_s"]["cnn"] * per, row["worker_cpu_s"]["decode"] * per
-        stand_in = row.get("stand_in_cpu_s", 0.0) * per
-        other = stage - cnn - decode
+        stand_in, other = row.get("stand_in_cpu_s", 0.0) * per, stage - cnn - decode
         lines.append(f"| {name} | {stage:.2f} | {cnn:.2f} | {decode:.2f} | {other:.2f} | {stand_in:.2f} |")
-    lines += off_core_section(off_core, ms, 1000 * headline["stand_in_cpu_s"] / headline["images"])
+    return lines
+
+
+def million_section(results: dict) -> list[str]:
+    scaling = {int(scale): row for scale, row in results["scaling"].items()}
+    largest = max(scaling)
     big = scaling[largest]
     featurize_per_image = big["featurize_s"] / big["images"]
     rest_per_image = (big["wall_s"] - big["featurize_s"]) / big["images"]
-    lines += [
-        "",
+    lines = [
         f"## 1M images, from the measured per-image figures (x{largest} run)",
         "",
         f"Featurize {1000 * featurize_per_image:.2f} ms/image on 2 cores, everything else "
@@ -702,7 +722,23 @@ def summarize(results: dict) -> str:
     for label, hosts, workers in (("one t2.medium (local mode)", 1, 1), ("master + 4 t2.medium workers", 5, 4)):
         hours, usd = cost_of_a_million(featurize_per_image + rest_per_image, hosts, workers)
         lines.append(f"| {label} | {hours:.1f} | {usd:.2f} |")
-    lines.append("")
+    return lines
+
+
+def summarize(results: dict) -> str:
+    ms = int(1000 * results["latency_s"])
+    headline = results["runs"][f"s3-224-{ms}ms"]
+    lines = [
+        f"# Benchmark ({results['images_1x']} Fruits-360 images, {results['cores']} cores, "
+        f"{results['machine']['ram_gb']} GB RAM, driver heap {results['driver_memory']}, "
+        f"JVM {results['driver_java_options']} (sized as on a 4 GB host), S3 = moto behind a proxy "
+        f"on 127.0.0.1 adding 0 or {ms} ms per request)",
+        "",
+    ]
+    for section in (targets_section, runs_section, stages_section, core_time_section):
+        lines += [*section(results), ""]
+    lines += off_core_section(results["off_core"], ms, 1000 * headline["stand_in_cpu_s"] / headline["images"])
+    lines += ["", *million_section(results), ""]
     return "\n".join(lines)
 
 
