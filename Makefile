@@ -17,10 +17,11 @@ JARS_STAMP := $(CACHE)/jars/.fetched
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements/job.txt requirements/dev.txt
+$(BIN)/.installed: requirements/job.txt requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
 venv: $(BIN)/.installed ## Create the virtualenv with pinned dependencies
@@ -32,7 +33,7 @@ $(JARS_STAMP): $(BIN)/.installed scripts/fetch_s3a_jars.yml $(wildcard roles/s3a
 jars: $(JARS_STAMP) ## Download the pinned s3a jars with the s3a_jars role (sha256-checked)
 
 demo: venv jars ## Run the job on the Fruits-360 sample against a local S3 (moto)
-	PYTHONPATH=jobs $(BIN)/python -m harness.demo
+	$(BIN)/python -m harness.demo
 
 lint: venv ## ruff, yamllint, ansible-lint (production profile)
 	$(BIN)/ruff check .
@@ -55,4 +56,4 @@ clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache
 
 bench: venv jars ## Benchmark: limit vs ours vs the notebook pipeline, scaling, memory (writes bench/results/)
-	PYTHONPATH=jobs $(BIN)/python -m bench.run_bench
+	$(BIN)/python -m bench.run_bench

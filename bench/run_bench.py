@@ -16,7 +16,7 @@ One run, same images (the Fruits-360 sample), same 2 cores, the 4 GB host settin
   job's cores, as on AWS), against the limit on that same core.
 
 Prints every target with its ratio and PASS/FAIL and writes bench/results/bench.json and
-bench.md. Run with `make bench` (PYTHONPATH=jobs python -m bench.run_bench).
+bench.md. Run with `make bench` (python -m bench.run_bench in the venv).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from importlib import metadata
 
+import featurize
 import yaml
 from ansible_helpers import REPO
 from featurize.cli import parse_args
@@ -38,3 +40,12 @@ def test_the_upload_check_accepts_the_extensions_the_job_reads():
     assert extensions == set(IMAGE_EXTENSIONS)
     assert all(pattern.match(f"Apple/r_1.{extension.upper()}") for extension in IMAGE_EXTENSIONS)
     assert not pattern.match("Apple/notes.txt")
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml and the playbooks' env name read featurize.__version__; nothing else writes it."""
+    pattern = re.search(r"regex_search\('(.+?)', '\\1'\)", GROUP_VARS["fruitcloud_version"]).group(1)
+    read_by_the_playbooks = re.search(pattern, (REPO / "jobs" / "featurize" / "__init__.py").read_text()).group(1)
+    assert read_by_the_playbooks == featurize.__version__ == metadata.version("fruitcloud")
+    assert GROUP_VARS["python_env_name"] == "fruitcloud-{{ fruitcloud_version }}"
+    assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()

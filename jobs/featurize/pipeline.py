@@ -128,9 +128,10 @@ def make_featurize_task(
         rows = [row for batch in batches for row in batch.itertuples(index=False)]
         attempt = task_attempt()
         if attempt == 0:
-            outcomes = featurize_rows(rows, extract)
+            outcomes = featurize_rows(rows, extract, settings, fetch, timers=(decode_seconds, cnn_seconds))
         else:
-            outcomes = featurize_isolating(rows, extract, storage, attempt)
+            record = crash_record_uri(chunks, rows)
+            outcomes = featurize_isolating(rows, extract, settings, fetch, storage, record_uri=record, attempt=attempt)
         pending: list[tuple] = []
         for row, outcome in outcomes:
             pending.append((*row, outcome.features, outcome.stage, outcome.reason, outcome.code, outcome.retryable))
@@ -140,40 +141,52 @@ def make_featurize_task(
         if pending:
             yield _commit(storage, chunks, pending)
 
-    def featurize_rows(rows: list[tuple], extract) -> Iterator[tuple[tuple, Outcome]]:
-        by_path = {row.path: row for row in rows}
-        for group in fetch_batches(((row.path, row.size_bytes, row.etag) for row in rows), fetch, settings.batch_size):
-            timings = BatchTimings()
-            outcomes = featurize_fetched(group, extract, settings, timings=timings)
-            paths = [item.path for item in group]
-            # The batch's bytes are counted until the next batch is asked for: let them go now.
-            del group
-            if decode_seconds is not None:
-                decode_seconds.add(timings.decode_seconds)
-                cnn_seconds.add(timings.cnn_seconds)
-            for path, outcome in zip(paths, outcomes, strict=True):
-                yield by_path[path], outcome
-
-    def featurize_isolating(rows: list[tuple], extract, storage: Storage, attempt: int):
-        """A retried task: one image at a time, each named in a record first, so the next attempt knows
-        which image its worker died on and records it as an error instead of dying again."""
-        record_uri = crash_record_uri(chunks, rows)
-        record = json.loads(storage.read_if_exists(record_uri) or b"{}")
-        died_on = set(record.get("died_on", [])) | ({record["current"]} if record.get("current") else set())
-        for row in rows:
-            if row.path in died_on:
-                reason = (
-                    f"its Python worker died on it (a decoder crash or the out-of-memory killer; attempt {attempt})"
-                )
-                yield row, Outcome(stage="worker", reason=reason, code="WorkerDied", retryable=True)
-                continue
-            current = {"died_on": sorted(died_on), "current": row.path}
-            storage.write_bytes(record_uri, json.dumps(current).encode(), "application/json")
-            [group] = fetch_batches([(row.path, row.size_bytes, row.etag)], fetch, batch_size=1)
-            [outcome] = featurize_fetched(group, extract, settings)
-            yield row, outcome
-
     return featurize_task
+
+
+def featurize_rows(
+    rows: list[tuple], extract, settings: FeaturizeSettings, fetch: FetchSettings, *, timers=(None, None)
+) -> Iterator[tuple[tuple, Outcome]]:
+    """Each row with its outcome, reads running ahead of the CNN; ``timers`` (decode, CNN) accumulate seconds."""
+    decode_seconds, cnn_seconds = timers
+    by_path = {row.path: row for row in rows}
+    for group in fetch_batches(((row.path, row.size_bytes, row.etag) for row in rows), fetch, settings.batch_size):
+        timings = BatchTimings()
+        outcomes = featurize_fetched(group, extract, settings, timings=timings)
+        paths = [item.path for item in group]
+        # The batch's bytes are counted until the next batch is asked for: let them go now.
+        del group
+        if decode_seconds is not None:
+            decode_seconds.add(timings.decode_seconds)
+            cnn_seconds.add(timings.cnn_seconds)
+        for path, outcome in zip(paths, outcomes, strict=True):
+            yield by_path[path], outcome
+
+
+def featurize_isolating(
+    rows: list[tuple],
+    extract,
+    settings: FeaturizeSettings,
+    fetch: FetchSettings,
+    storage: Storage,
+    *,
+    record_uri: str,
+    attempt: int,
+) -> Iterator[tuple[tuple, Outcome]]:
+    """A retried task: one image at a time, each named in a record first, so the next attempt knows
+    which image its worker died on and records it as an error instead of dying again."""
+    record = json.loads(storage.read_if_exists(record_uri) or b"{}")
+    died_on = set(record.get("died_on", [])) | ({record["current"]} if record.get("current") else set())
+    for row in rows:
+        if row.path in died_on:
+            reason = f"its Python worker died on it (a decoder crash or the out-of-memory killer; attempt {attempt})"
+            yield row, Outcome(stage="worker", reason=reason, code="WorkerDied", retryable=True)
+            continue
+        current = {"died_on": sorted(died_on), "current": row.path}
+        storage.write_bytes(record_uri, json.dumps(current).encode(), "application/json")
+        [group] = fetch_batches([(row.path, row.size_bytes, row.etag)], fetch, batch_size=1)
+        [outcome] = featurize_fetched(group, extract, settings)
+        yield row, outcome
 
 
 def _commit(storage: Storage, chunks: ChunkSettings, pending: list[tuple]) -> pd.DataFrame:
