@@ -187,7 +187,7 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from featurize.job import run
+    from featurize.job import execute
 
     config = parse_args(argv)
     configure_logging(config.log_level)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = SparkSession.builder.appName(f"featurize-{config.run_id}").getOrCreate()
     try:
-        run(spark, config)
+        execute(spark, config)
     except UnreadInputsError as exc:
         log.error("run %s incomplete: %s", config.run_id, exc)
         return EXIT_RETRY

@@ -49,7 +49,7 @@ class RunContext:
     fingerprint: str
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     clock: StageClock = field(default_factory=StageClock)
-    # Set by job.run as soon as the locations are checked; every later step may use them.
+    # Set by job.execute as soon as the locations are checked; every later step may use them.
     warm_up: WarmUp | None = None
     lock: RunLock | None = None
     models_built_by_featurize: int = 0

@@ -103,7 +103,7 @@ def list_inputs(run: RunContext) -> Inputs:
     return Inputs(len(files), images)
 
 
-def run(spark, config: JobConfig) -> dict:
+def execute(spark, config: JobConfig) -> dict:
     """Run the pipeline and return the manifest it wrote (or the unchanged one, when nothing changed)."""
     context = prepare(spark, config)
     check_locations(context)

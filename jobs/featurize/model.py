@@ -116,10 +116,10 @@ def keras_extractor(weights: str, image_size: int, threads: int) -> Extractor:
     def extract(batch):
         return model(preprocess(tf.cast(batch, tf.float32)), training=False)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def extract_batch(batch: np.ndarray) -> np.ndarray:
         return extract(tf.constant(batch)).numpy()
 
-    return run
+    return extract_batch
 
 
 def model_cache() -> Path:
@@ -192,7 +192,7 @@ def tflite_extractor(weights: str, image_size: int, threads: int) -> Extractor:
     output_index = interpreter.get_output_details()[0]["index"]
     allocated: list[tuple[int, ...]] = [()]
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def extract_batch(batch: np.ndarray) -> np.ndarray:
         if batch.shape != allocated[0]:
             interpreter.resize_tensor_input(input_index, list(batch.shape))
             interpreter.allocate_tensors()
@@ -202,7 +202,7 @@ def tflite_extractor(weights: str, image_size: int, threads: int) -> Extractor:
         interpreter.invoke()
         return interpreter.get_tensor(output_index).copy()
 
-    return run
+    return extract_batch
 
 
 def build_extractor(weights: str, image_size: int, threads: int, runtime: str = "tflite") -> Extractor:
