@@ -12,7 +12,7 @@ CACHE := .cache
 # Maven coordinates and sha256 pins as on the hosts).
 JARS_STAMP := $(CACHE)/jars/.fetched
 
-.PHONY: help venv jars demo test test-fast test-python lint bench clean
+.PHONY: help venv jars demo test test-fast test-unit test-python lint bench clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-python: venv jars
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint test-python ## Linters and the whole test suite (what CI runs)
+
+test-unit: venv ## The tests that need no Spark, moto or container (about 2 min)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not spark and not moto and not container and not slow"
 
 test-fast: lint venv jars ## Linters plus the job's unit and end-to-end tests (a few minutes; no Ansible, no Molecule)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not container and not slow" tests/jobs tests/test_emr.py

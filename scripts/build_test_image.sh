@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the local stand-in for an EC2 Ubuntu host: a Debian root made with
 # debootstrap from this host's own apt mirror, systemd as PID 1, sshd and sudo,
-# and a first-boot unit that does what cloud-init does on EC2 (tests/ec2_standin/).
+# and a first-boot unit that does what cloud-init does on EC2 (tests/support/standin_image/).
 # No registry is involved. The packed root is cached in .cache/ between runs.
 #   STANDIN_SUITE=bookworm (Debian 12, Python 3.11; default) or trixie (Debian 13,
 #   Python 3.13: a host whose Python is not the controller's, as Ubuntu 24.04's 3.12 is not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STANDIN=tests/ec2_standin
+STANDIN=tests/support/standin_image
 # The image and its cache are named after what goes into them, so a change rebuilds both.
 SUITE="${STANDIN_SUITE:-bookworm}"
 case "$SUITE" in bookworm | trixie) ;; *) echo "STANDIN_SUITE must be bookworm or trixie, not $SUITE" >&2; exit 2 ;; esac

@@ -15,9 +15,19 @@ import pytest
 from harness.launcher import REPO, build_job_zip, calibrated_weights, s3a_conf, s3a_jars, sample_images
 from harness.moto import TEST_CREDENTIALS, moto_server
 
+# Markers say what a test needs; those a fixture implies are added here, so they cannot be forgotten.
+NEEDS = {
+    "spark": "spark",
+    "moto_endpoint": "moto",
+    "podman_target_image": "container",
+    "trixie_target_image": "container",
+}
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        for marker in {NEEDS[name] for name in item.fixturenames if name in NEEDS}:
+            item.add_marker(marker)
         if item.get_closest_marker("container"):
             # One worker takes them all, first (the largest group): the stand-in images are built once
             # and the stand-ins' fixed names never meet.

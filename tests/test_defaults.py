@@ -7,10 +7,10 @@ from importlib import metadata
 
 import featurize
 import yaml
-from ansible_helpers import REPO
 from featurize.cli import parse_args
 from featurize.config import JobConfig, default
 from featurize.images import IMAGE_EXTENSIONS
+from support.ansible_helpers import REPO
 
 GROUP_VARS = yaml.safe_load((REPO / "playbooks" / "group_vars" / "all.yml").read_text())
 

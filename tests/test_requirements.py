@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from ansible_helpers import REPO
+from support.ansible_helpers import REPO
 
 # The python3 of each supported host release (roles/*/vars/<release>.yml).
 HOST_PYTHONS = {"Ubuntu 22.04": "3.10", "Debian 12": "3.11", "Ubuntu 24.04": "3.12", "Debian 13": "3.13"}

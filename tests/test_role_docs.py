@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from ansible_helpers import REPO
+from support.ansible_helpers import REPO
 
 ROLES = sorted(path for path in (REPO / "roles").iterdir() if (path / "meta" / "argument_specs.yml").is_file())
 

@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from fuzz_corpus import write_corpus
 from PIL import Image
+from support.fuzz_corpus import write_corpus
 
 from harness.launcher import job_args, job_environment, run_job, spark_submit_command
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+pytestmark = pytest.mark.spark
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 from harness.launcher import run_job
 from harness.moto import free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 
 

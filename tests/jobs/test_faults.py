@@ -20,7 +20,7 @@ import pytest
 from harness.launcher import job_args, job_environment, run_job, spark_submit_command
 from harness.s3proxy import faulty_s3
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def committed_rows(run: Path) -> int:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from featurize.errors import ImageDecodeError
 from featurize.images import DEFAULT_MAX_PIXELS, decode_image, has_image_extension
-from fuzz_corpus import write_corpus
 from PIL import Image
+from support.fuzz_corpus import write_corpus
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.launcher import job_args, run_job
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def run(images, out, run_id="inc", **options) -> dict:

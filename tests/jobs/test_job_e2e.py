@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from harness.launcher import run_job, upload_tree
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+pytestmark = pytest.mark.spark
 
 
 @pytest.fixture

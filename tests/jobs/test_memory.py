@@ -12,7 +12,7 @@ import pytest
 
 from harness.launcher import JOBS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 FILE_BYTES = 250 * 2**20
 MODEL_AND_SLACK = 64 * 2**20

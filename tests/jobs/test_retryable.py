@@ -17,7 +17,7 @@ import pytest
 from harness.launcher import job_args, run_job
 from harness.moto import host_policy, iam_enforced
 
-pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.moto, pytest.mark.slow]
+pytestmark = [pytest.mark.spark, pytest.mark.moto, pytest.mark.slow]
 
 CLASSES = ("Kiwi", "Limes", "Pear")
 PER_CLASS = 20

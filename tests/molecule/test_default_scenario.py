@@ -26,9 +26,9 @@ import subprocess
 
 import boto3
 import pytest
-from ansible_helpers import REPO
-from ec2_standin import CA_CERTIFICATES, CONTAINERS_ENV, podman
-from fake_imds import fake_imds
+from support.ansible_helpers import REPO
+from support.ec2_standin import CA_CERTIFICATES, CONTAINERS_ENV, podman
+from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, free_port
 

@@ -3,7 +3,7 @@
 import subprocess
 
 import yaml
-from ansible_helpers import REPO, ansible_env
+from support.ansible_helpers import REPO, ansible_env
 
 SCENARIO = REPO / "molecule" / "vagrant"
 

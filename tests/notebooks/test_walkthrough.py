@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from harness.launcher import REPO, build_job_zip, s3a_conf, s3a_jars, upload_tree
 from harness.moto import host_policy, iam_enforced
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.spark, pytest.mark.moto, pytest.mark.slow]
 
 
 def test_notebook_executes_and_reads_its_outputs_back(s3, bucket, moto_endpoint, sample_dir, monkeypatch):

@@ -7,9 +7,9 @@ import subprocess
 import boto3
 import pytest
 import yaml
-from ansible_helpers import run_playbook
-from ec2_standin import ec2_standin
-from fake_imds import fake_imds
+from support.ansible_helpers import run_playbook
+from support.ec2_standin import ec2_standin
+from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS
 

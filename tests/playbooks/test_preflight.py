@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
-from ansible_helpers import localhost_inventory, run_playbook
+from support.ansible_helpers import localhost_inventory, run_playbook
 
 from harness.moto import TEST_CREDENTIALS
 

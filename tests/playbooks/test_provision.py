@@ -9,9 +9,11 @@ import subprocess
 import boto3
 import pytest
 import yaml
-from ansible_helpers import REPO, ansible_env, fake_ubuntu_amis, localhost_inventory, run_playbook
+from support.ansible_helpers import REPO, ansible_env, fake_ubuntu_amis, localhost_inventory, run_playbook
 
 from harness.moto import moto_server
+
+pytestmark = pytest.mark.moto
 
 BUCKET = "fruitcloud-provision-test"
 OPERATOR_CIDR = "198.51.100.7/32"

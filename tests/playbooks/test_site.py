@@ -22,9 +22,9 @@ import boto3
 import pandas as pd
 import pytest
 import yaml
-from ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
-from ec2_standin import ec2_standin
-from fake_imds import fake_imds
+from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
+from support.ec2_standin import ec2_standin
+from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, moto_server
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from ansible_helpers import localhost_inventory, run_playbook
+from support.ansible_helpers import localhost_inventory, run_playbook
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.moto
 
 
 def test_upload_sends_every_image_once(s3, bucket, moto_endpoint, sample_dir, tmp_path):

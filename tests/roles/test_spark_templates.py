@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from ansible_helpers import REPO, localhost_inventory, run_playbook
+from support.ansible_helpers import REPO, localhost_inventory, run_playbook
 
 RENDERED = ("spark-defaults.conf", "spark-env.sh", "spark-daemon.service")
 FACTS = {"memtotal_mb": 3900, "processor_vcpus": 2, "default_ipv4": {"address": "10.0.0.5"}}

@@ -15,7 +15,7 @@ import moto
 
 from harness.moto import TEST_CREDENTIALS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CANONICAL = "099720109477"
 

@@ -14,9 +14,8 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from ansible_helpers import REPO
-
 from harness.moto import free_port
+from support.ansible_helpers import REPO
 
 CONTAINERS_ENV = {"CONTAINERS_CONF": str(REPO / "molecule" / "containers.conf")}
 CA_CERTIFICATES = Path("/usr/local/share/ca-certificates")
