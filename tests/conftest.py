@@ -24,6 +24,7 @@ NEEDS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(items):
     for item in items:
         for marker in {NEEDS[name] for name in item.fixturenames if name in NEEDS}:
