@@ -35,7 +35,7 @@ from featurize.fingerprint import settings_fingerprint
 from featurize.images import IMAGE_EXTENSIONS, has_image_extension
 from featurize.locations import canonical, check_no_overlap, check_spark_writes
 from featurize.manifest import count_rows, run_manifest, summarize_errors, unread_message
-from featurize.publish import fit_pca, write_pca, write_report
+from featurize.publish import ModelSave, fit_pca, write_pca, write_report
 from featurize.storage import ListedFile, Storage, join
 from featurize.warmup import WarmUp
 
@@ -230,9 +230,11 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
     if counts.featurized < 2:
         raise JobError(f"PCA needs at least 2 featurized images, got {counts.featurized} (see {run.run_uri}/errors)")
     features = pipeline.persist_on_disk(pipeline.read_features(run.spark, live, run.fetch.endpoint_url))
+    model_save = None
     try:
         pca = fit_pca(run, features)
         pca_parts = write_pca(run, features, pca)
+        model_save = ModelSave(run, pca)
         manifest = run_manifest(run, plan=plan, live=live, counts=counts, pca=pca, pca_parts=pca_parts)
         manifest["errors_by_code"] = codes
         if counts.retryable_errors:
@@ -240,8 +242,10 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         with run.clock.stage("report") as details:
             report = write_report(run, manifest, features=features, reasons=reasons, pca=pca)
             manifest["outputs"]["report"] = report
-            details.update(uri=report)
+            details.update(uri=report, pca_model_s=round(model_save.wait(), 1))
     finally:
+        if model_save:
+            model_save.join()
         # Blocking: spark.stop() follows, and would race the removal of the blocks (warnings on the console).
         features.unpersist(blocking=True)
     # Written last: a run without manifest.json is not complete, whatever else is there.

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
-from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
@@ -258,7 +257,7 @@ def choose_k(explained_variance: Sequence[float], target: float) -> int:
 
 @dataclass(frozen=True)
 class PcaResult:
-    model: PipelineModel
+    model: PCAModel
     k: int
     explained_variance: list[float]
 
@@ -269,7 +268,7 @@ class PcaResult:
     @property
     def components(self) -> np.ndarray:
         """The first k principal components as a (dimension, k) matrix."""
-        return self.model.stages[0].pc.toArray()[:, : self.k]
+        return self.model.pc.toArray()[:, : self.k]
 
 
 def fit_pca(features: DataFrame, *, k: int | None = None, target_variance: float | None = None) -> PcaResult:
@@ -287,11 +286,11 @@ def fit_pca(features: DataFrame, *, k: int | None = None, target_variance: float
     dimension = len(features.select("features").first()["features"])
     if k is not None:
         pca = PCA(k=min(k, dimension), inputCol="features", outputCol="pca").fit(features)
-        return PcaResult(PipelineModel([pca]), pca.getK(), [float(v) for v in pca.explainedVariance])
+        return PcaResult(pca, pca.getK(), [float(v) for v in pca.explainedVariance])
     pca = PCA(k=dimension, inputCol="features", outputCol="pca").fit(features)
     spectrum = [float(v) for v in pca.explainedVariance]
     chosen = choose_k(spectrum, target_variance)
-    return PcaResult(PipelineModel([first_components(pca, chosen)]), chosen, spectrum)
+    return PcaResult(first_components(pca, chosen), chosen, spectrum)
 
 
 def first_components(model: PCAModel, k: int) -> PCAModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 from featurize.context import RunContext
@@ -31,9 +32,38 @@ def write_pca(run: RunContext, features, pca) -> list[str]:
             run.spark, features, pca, uri=output, name=name, endpoint_url=run.fetch.endpoint_url
         )
         run.storage.delete_many([path for path in previous if path not in parts])
-        pca.model.write().overwrite().save(join(run.run_uri, "pca_model"))
         details.update(parts=len(parts))
     return parts
+
+
+class ModelSave:
+    """Saves pca_model in a thread: a few small s3a writes (seconds over S3), overlapped with the report."""
+
+    def __init__(self, run: RunContext, pca):
+        from pyspark import InheritableThread
+
+        self.seconds = 0.0
+        self._error: Exception | None = None
+        self._thread = InheritableThread(target=self._save, args=(join(run.run_uri, "pca_model"), pca), daemon=True)
+        self._thread.start()
+
+    def _save(self, uri: str, pca) -> None:
+        started = time.perf_counter()
+        try:
+            pca.model.write().overwrite().save(uri)
+        except Exception as exc:  # raised by wait(), in the main thread
+            self._error = exc
+        self.seconds = time.perf_counter() - started
+
+    def wait(self) -> float:
+        """The save's seconds, once it is done; its error, if it failed."""
+        self._thread.join()
+        if self._error:
+            raise self._error
+        return self.seconds
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str, int], pca) -> str | None:

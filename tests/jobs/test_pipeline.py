@@ -74,7 +74,7 @@ def test_pca_and_its_projection_match_numpy(spark, tmp_path):
     assert projected.shape == (300, result.k)
     np.testing.assert_allclose(np.abs(projected), np.abs(expected_projection), rtol=1e-4, atol=1e-4)
     # The saved model holds the k components only, and projects as the job's own projection does.
-    stage = result.model.stages[0]
+    stage = result.model
     assert (stage.pc.numRows, stage.pc.numCols, stage.getK()) == (12, result.k, result.k)
     by_model = {row.path: row.pca.toArray() for row in result.model.transform(df).select("path", "pca").collect()}
     np.testing.assert_allclose(np.array([by_model[row["path"]] for row in rows]), projected, rtol=1e-4, atol=1e-4)
