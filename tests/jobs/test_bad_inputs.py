@@ -109,6 +109,7 @@ def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_a_fuzz_corpus_completes_with_every_file_accounted_for_once(spark, messy_tree, tmp_path):
     """1,000 malformed JPEG/PNG/GIF/BMP/WebP files beside the messy tree: the run completes, nothing is lost."""
     fuzzed = write_corpus(messy_tree)
@@ -165,6 +166,7 @@ def test_missing_imagenet_weights_fail_on_the_driver_with_the_fix(tmp_path):
     assert "model_weights role" in result.stdout
 
 
+@pytest.mark.slow
 def test_credentials_never_reach_logs_or_outputs_even_at_debug(moto_endpoint, s3, bucket, sample_dir):
     secret, token = "FRUITCLOUD-SECRET-KEY-0123456789", "FRUITCLOUD-SESSION-TOKEN-9876543210"
     for path in sorted((sample_dir / "Mango").glob("*.jpg"))[:5]:
