@@ -70,7 +70,7 @@ def alive_workers(ui: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
             return json.load(response)["aliveworkers"]
-    except OSError:
+    except (OSError, ValueError):  # not listening yet, or an empty answer while the master starts (under load)
         return -1
 
 
