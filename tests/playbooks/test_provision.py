@@ -264,20 +264,35 @@ def test_an_image_lookup_that_finds_nothing_says_what_was_looked_for(fresh_aws):
 
 
 @pytest.mark.parametrize(
-    ("cidr", "message"),
+    ("cidr", "message", "options"),
     [
-        ("0.0.0.0/0", "prefixes wider than /16 are refused (0.0.0.0/0 included)"),
-        ("203.0.113.7/0", "has bits set past its prefix; it means 0.0.0.0/0"),
-        ("0.0.0.0/00", "has bits set past its prefix; it means 0.0.0.0/0"),
-        ("10.0.0.0/1", "has bits set past its prefix; it means 0.0.0.0/1"),
-        ("128.0.0.0/1", "prefixes wider than /16 are refused"),
-        ("::/0", "prefixes wider than /48 are refused"),
-        ("203.0.113.7", "must be your public address as a CIDR block"),
-        ("not-a-cidr", "must be your public address as a CIDR block"),
-        ("203.0.113.7/33", "must be your public address as a CIDR block"),
+        ("0.0.0.0/0", "prefixes wider than /16 are refused (0.0.0.0/0 included)", []),
+        ("203.0.113.7/0", "has bits set past its prefix; it means 0.0.0.0/0", []),
+        ("0.0.0.0/00", "prefixes wider than /16 are refused", []),
+        ("10.0.0.0/1", "has bits set past its prefix; it means 0.0.0.0/1", []),
+        ("128.0.0.0/1", "prefixes wider than /16 are refused", []),
+        ("::/0", "prefixes wider than /48 are refused", []),
+        ("203.0.113.7", "must be your public address as a CIDR block", []),
+        ("not-a-cidr", "must be your public address as a CIDR block", []),
+        ("203.0.113.7/33", "must be your public address as a CIDR block", []),
+        (
+            "203.0.113.7/255.255.255.255",
+            "gives a netmask after the slash; write the prefix length instead: 203.0.113.7/32",
+            [],
+        ),
+        (
+            "0.0.0.0/0",
+            "aws_infra_ssh_min_prefix_ipv4 must be a prefix length from 1 to 32, got 0",
+            ["-e", "aws_infra_ssh_min_prefix_ipv4=0"],
+        ),
+        (
+            "2001:db8::/32",
+            "argument 'aws_infra_ssh_min_prefix_ipv6' is of type str and we were unable to convert to int",
+            ["-e", "aws_infra_ssh_min_prefix_ipv6=wide"],
+        ),
     ],
 )
-def test_wide_or_invalid_ssh_cidr_is_refused_before_any_aws_call(fresh_aws, cidr, message):
+def test_wide_or_invalid_ssh_cidr_is_refused_before_any_aws_call(fresh_aws, cidr, message, options):
     endpoint, directory = fresh_aws
     # Typed as on a command line: -e strings, switches included.
     run = run_playbook(
@@ -288,8 +303,25 @@ def test_wide_or_invalid_ssh_cidr_is_refused_before_any_aws_call(fresh_aws, cidr
         f"aws_infra_ssh_cidr={cidr}",
         "-e",
         "aws_infra_allow_ssh_from_anywhere=false",
+        *options,
     )
     refused_before_any_change(run, endpoint, message)
+
+
+@pytest.mark.parametrize(
+    ("images", "runs"),
+    [("images", "runs/"), ("images/", ""), ("data/", "data/runs/"), ("/images/", "runs/"), ("images/", "images/")],
+)
+def test_prefixes_that_would_widen_the_host_policy_are_refused_before_any_aws_call(fresh_aws, images, runs):
+    endpoint, directory = fresh_aws
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(endpoint, directory, fruitcloud_images_prefix=images, fruitcloud_runs_prefix=runs),
+    )
+    refused_before_any_change(
+        run, endpoint, f'the images prefix ("{images}") and the runs prefix ("{runs}") must each be non-empty'
+    )
 
 
 def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
@@ -352,14 +384,14 @@ def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
 
 
 def test_switches_typed_on_the_command_line_take_effect(fresh_aws):
-    """-e name=false is the string "false"; each switch must still read as false, and an IPv6 block works."""
+    """-e name=false is the string "false"; each switch must still read as false, and an IPv6 block works as typed."""
     endpoint, directory = fresh_aws
     run = run_playbook(
         "provision.yml",
         localhost_inventory(directory),
         {k: v for k, v in provision_vars(endpoint, directory).items() if k != "aws_infra_wait_for_ssh"},
         "-e",
-        "aws_infra_ssh_cidr=2001:db8::7/128",
+        "aws_infra_ssh_cidr=2001:DB8::7/128",
         "-e",
         "aws_infra_bucket_require_tls=false",
         "-e",
