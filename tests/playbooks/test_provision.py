@@ -17,6 +17,9 @@ pytestmark = pytest.mark.moto
 
 BUCKET = "fruitcloud-provision-test"
 OPERATOR_CIDR = "198.51.100.7/32"
+# Everything is named after the deployment, which is the bucket unless set.
+MASTER, WORKER = f"{BUCKET}-master", f"{BUCKET}-worker-1"
+ROLE, GROUP = f"{BUCKET}-host", f"{BUCKET}-spark"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert (noncurrent["Status"], noncurrent["NoncurrentVersionExpiration"]["NoncurrentDays"]) == ("Enabled", 7)
 
     iam = client("iam", endpoint)
-    policy = iam.get_role_policy(RoleName="fruitcloud-host", PolicyName="fruitcloud-s3")["PolicyDocument"]
+    policy = iam.get_role_policy(RoleName=ROLE, PolicyName=f"{BUCKET}-s3")["PolicyDocument"]
     bucket, objects = f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/"
     expected = {
         ("s3:ListBucket", bucket): True,
@@ -118,20 +121,20 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
         ("s3:DeleteObjectVersion", objects + "runs/r1/manifest.json"): False,
     }
     assert {case: allowed(policy, *case) for case in expected} == expected
-    assert iam.list_attached_role_policies(RoleName="fruitcloud-host")["AttachedPolicies"] == []
-    profile = iam.get_instance_profile(InstanceProfileName="fruitcloud-host")["InstanceProfile"]
-    assert [r["RoleName"] for r in profile["Roles"]] == ["fruitcloud-host"]
+    assert iam.list_attached_role_policies(RoleName=ROLE)["AttachedPolicies"] == []
+    profile = iam.get_instance_profile(InstanceProfileName=ROLE)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [ROLE]
 
     ec2 = client("ec2", endpoint)
-    [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
+    [group] = ec2.describe_security_groups(GroupNames=[GROUP])["SecurityGroups"]
     ingress = {(p["IpProtocol"], p.get("FromPort")): p for p in group["IpPermissions"]}
     assert [r["CidrIp"] for r in ingress[("tcp", 22)]["IpRanges"]] == [OPERATOR_CIDR]
     assert ingress[("tcp", 22)]["Ipv6Ranges"] == []
 
     cloudwatch = client("cloudwatch", endpoint)
-    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix="fruitcloud-")["MetricAlarms"]}
-    assert sorted(alarms) == ["fruitcloud-fruitcloud-master-idle-stop", "fruitcloud-fruitcloud-worker-1-idle-stop"]
-    idle = alarms["fruitcloud-fruitcloud-master-idle-stop"]
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms(AlarmNamePrefix=f"{BUCKET}-")["MetricAlarms"]}
+    assert sorted(alarms) == [f"{MASTER}-idle-stop", f"{WORKER}-idle-stop"]
+    idle = alarms[f"{MASTER}-idle-stop"]
     assert (idle["Namespace"], idle["MetricName"], idle["Statistic"], idle["ComparisonOperator"]) == (
         "AWS/EC2",
         "CPUUtilization",
@@ -147,13 +150,13 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     instances = {
         next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"): i for r in reservations for i in r["Instances"]
     }
-    assert set(instances) == {"fruitcloud-master", "fruitcloud-worker-1"}
-    master = instances["fruitcloud-master"]
+    assert set(instances) == {MASTER, WORKER}
+    master = instances[MASTER]
     assert master["InstanceType"] == "t2.medium"
     assert master["ImageId"] == "ami-0c2" + "0" * 14, "newest noble image"
     assert master["MetadataOptions"]["HttpTokens"] == "required"
-    assert master["IamInstanceProfile"]["Arn"].endswith("instance-profile/fruitcloud-host")
-    assert master["KeyName"] == "fruitcloud"
+    assert master["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/{ROLE}")
+    assert master["KeyName"] == BUCKET
     [volume] = ec2.describe_volumes(VolumeIds=[master["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]])["Volumes"]
     assert (volume["VolumeType"], volume["Size"], volume["Encrypted"]) == ("gp3", 30, True)
     key_file = directory / "keys" / "fruitcloud.pem"
@@ -174,16 +177,23 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
     inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
     listed = subprocess.run(
-        [str(REPO / ".venv/bin/ansible-inventory"), "-i", str(inventory_file), "--list"],
+        [
+            str(REPO / ".venv/bin/ansible-inventory"),
+            "-i",
+            str(inventory_file),
+            "--list",
+            "-e",
+            f"fruitcloud_bucket={BUCKET}",
+        ],
         env=ansible_env(),
         capture_output=True,
         text=True,
         check=True,
     )
     groups = json.loads(listed.stdout)
-    assert groups["spark_master"]["hosts"] == ["fruitcloud-master"]
-    assert groups["spark_workers"]["hosts"] == ["fruitcloud-worker-1"]
-    assert sorted(groups["spark"]["hosts"]) == ["fruitcloud-master", "fruitcloud-worker-1"]
+    assert groups["spark_master"]["hosts"] == [MASTER]
+    assert groups["spark_workers"]["hosts"] == [WORKER]
+    assert sorted(groups["spark"]["hosts"]) == [MASTER, WORKER]
 
     known_hosts = directory / "known_hosts"
     known_hosts.write_text("[203.0.113.9]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7\n")
@@ -341,18 +351,18 @@ def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
     assert "idle guard: each host stops after 90 min under 5 % CPU" in first.output
 
     topics = client("sns", endpoint).list_topics()["Topics"]
-    [topic] = [t["TopicArn"] for t in topics if t["TopicArn"].endswith(":fruitcloud-alarms")]
+    [topic] = [t["TopicArn"] for t in topics if t["TopicArn"].endswith(f":{BUCKET}-alarms")]
     [subscription] = client("sns", endpoint).list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
     assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", "ops@example.com")
-    [idle] = client("cloudwatch", endpoint).describe_alarms(AlarmNamePrefix="fruitcloud-")["MetricAlarms"]
+    [idle] = client("cloudwatch", endpoint).describe_alarms(AlarmNamePrefix=f"{BUCKET}-")["MetricAlarms"]
     assert (idle["EvaluationPeriods"], idle["AlarmActions"]) == (18, ["arn:aws:automate:eu-west-1:ec2:stop", topic])
     billing = boto3.client("cloudwatch", endpoint_url=endpoint, region_name="us-east-1")
-    [budget] = billing.describe_alarms(AlarmNames=["fruitcloud-monthly-charges"])["MetricAlarms"]
+    [budget] = billing.describe_alarms(AlarmNames=[f"{BUCKET}-monthly-charges"])["MetricAlarms"]
     assert (budget["Namespace"], budget["MetricName"], budget["Threshold"]) == ("AWS/Billing", "EstimatedCharges", 10.0)
     assert (budget["Dimensions"], budget["AlarmActions"]) == ([{"Name": "Currency", "Value": "USD"}], [topic])
 
     ec2 = client("ec2", endpoint)
-    [template] = ec2.describe_launch_templates(LaunchTemplateNames=["fruitcloud-spot"])["LaunchTemplates"]
+    [template] = ec2.describe_launch_templates(LaunchTemplateNames=[f"{BUCKET}-spot"])["LaunchTemplates"]
     [version] = ec2.describe_launch_template_versions(LaunchTemplateId=template["LaunchTemplateId"])[
         "LaunchTemplateVersions"
     ]
@@ -366,7 +376,7 @@ def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
 
     moved = run_playbook("provision.yml", inventory, {**options, "aws_infra_ssh_cidr": "203.0.113.9/32"})
     assert moved.returncode == 0, moved.output[-4000:]
-    [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
+    [group] = ec2.describe_security_groups(GroupNames=[GROUP])["SecurityGroups"]
     [ssh_rule] = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
     assert [r["CidrIp"] for r in ssh_rule["IpRanges"]] == ["203.0.113.9/32"], "the old operator IP is gone"
 
@@ -409,7 +419,185 @@ def test_switches_typed_on_the_command_line_take_effect(fresh_aws):
         s3.get_bucket_policy(Bucket=BUCKET)
     assert s3.get_bucket_versioning(Bucket=BUCKET).get("Status") in (None, "Suspended")
     ec2 = client("ec2", endpoint)
-    [group] = ec2.describe_security_groups(GroupNames=["fruitcloud-spark"])["SecurityGroups"]
+    [group] = ec2.describe_security_groups(GroupNames=[GROUP])["SecurityGroups"]
     [ssh_rule] = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
     assert ([r["CidrIpv6"] for r in ssh_rule["Ipv6Ranges"]], ssh_rule["IpRanges"]) == (["2001:db8::7/128"], [])
     assert len(ec2.describe_instances()["Reservations"]) == 2
+
+
+def test_check_mode_on_an_empty_account_changes_nothing(fresh_aws):
+    endpoint, directory = fresh_aws
+    run = run_playbook(
+        "provision.yml",
+        localhost_inventory(directory),
+        provision_vars(
+            endpoint,
+            directory,
+            aws_infra_spark_worker_count=1,
+            fruitcloud_ssh_private_key=str(directory / "check" / "k.pem"),
+        ),
+        "--check",
+    )
+    assert run.returncode == 0, run.output[-4000:]
+    assert run.recap()["changed"] > 0, "--check says what it would create"
+    assert client("s3", endpoint).list_buckets()["Buckets"] == []
+    assert client("iam", endpoint).list_roles()["Roles"] == []
+    assert client("ec2", endpoint).describe_key_pairs()["KeyPairs"] == []
+    assert client("ec2", endpoint).describe_instances()["Reservations"] == []
+    assert not (directory / "check").exists()
+
+
+def running_names(ec2) -> dict[str, str]:
+    """Name tag -> state of every instance that is not terminated."""
+    return {
+        next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "Name"), i["InstanceId"]): i["State"]["Name"]
+        for r in ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+        if i["State"]["Name"] != "terminated"
+    }
+
+
+def test_a_deployment_acts_on_its_own_resources_only(fresh_aws):
+    """Two deployments of the project in one account, plus an instance and alarms that neither made."""
+    endpoint, directory = fresh_aws
+    inventory = localhost_inventory(directory)
+    ec2, cloudwatch = client("ec2", endpoint), client("cloudwatch", endpoint)
+    ec2.run_instances(
+        ImageId="ami-0c2" + "0" * 14,
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "project", "Value": "fruitcloud"}, {"Key": "Name", "Value": "by-hand"}],
+            }
+        ],
+    )
+    for name in ("fruitcloud-prod-x", f"{BUCKET}-prod-x"):
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            MetricName="CPUUtilization",
+            Namespace="AWS/EC2",
+            Statistic="Average",
+            Period=300,
+            EvaluationPeriods=1,
+            Threshold=1.0,
+            ComparisonOperator="LessThanThreshold",
+        )
+    staging = "fruitcloud-staging-test"
+    other = run_playbook(
+        "provision.yml",
+        inventory,
+        provision_vars(endpoint, directory, fruitcloud_bucket=staging, aws_infra_spark_worker_count=1)
+        | {"fruitcloud_ssh_private_key": str(directory / "keys" / "staging.pem")},
+    )
+    assert other.returncode == 0, other.output[-4000:]
+    ours = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory))
+    assert ours.returncode == 0, ours.output[-4000:]
+    assert running_names(ec2) == {
+        "by-hand": "running",
+        f"{staging}-master": "running",
+        f"{staging}-worker-1": "running",
+        MASTER: "running",
+    }, "provisioning with no workers left the other deployment's worker alone"
+
+    inventory_file = directory / "test.aws_ec2.yml"
+    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
+    inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
+    listed = subprocess.run(
+        [
+            str(REPO / ".venv/bin/ansible-inventory"),
+            "-i",
+            str(inventory_file),
+            "--list",
+            "-e",
+            f"fruitcloud_bucket={BUCKET}",
+        ],
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    groups = json.loads(listed.stdout)
+    assert (groups["spark"]["hosts"], groups["spark_master"]["hosts"]) == ([MASTER], [MASTER])
+    assert "spark_workers" not in groups
+
+    stopped = run_playbook(
+        "power.yml", inventory, provision_vars(endpoint, directory) | {"fruitcloud_power": "stopped"}
+    )
+    assert stopped.returncode == 0, stopped.output[-4000:]
+    assert running_names(ec2)[MASTER] == "stopped"
+    assert {name: state for name, state in running_names(ec2).items() if name != MASTER} == {
+        "by-hand": "running",
+        f"{staging}-master": "running",
+        f"{staging}-worker-1": "running",
+    }
+
+    down = run_playbook("teardown.yml", inventory, provision_vars(endpoint, directory))
+    assert down.returncode == 0, down.output[-4000:]
+    assert running_names(ec2) == {
+        "by-hand": "running",
+        f"{staging}-master": "running",
+        f"{staging}-worker-1": "running",
+    }
+    left = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
+    assert left == {
+        "fruitcloud-prod-x",
+        f"{BUCKET}-prod-x",
+        f"{staging}-master-idle-stop",
+        f"{staging}-worker-1-idle-stop",
+    }
+    assert [r["RoleName"] for r in client("iam", endpoint).list_roles()["Roles"]] == [f"{staging}-host"]
+    assert [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]] == [staging]
+    report = " ".join(down.output.replace("'", "").split())
+    assert "left alone, tagged project=fruitcloud but not deployment=fruitcloud-provision-test: instances" in report
+    assert (
+        f"(named [by-hand, {staging}-master, {staging}-worker-1], of deployments [none, {staging}, {staging}])"
+        in report
+    )
+    assert f"not one of its alarms: [{BUCKET}-prod-x]" in report
+
+
+def test_provision_refuses_to_take_over_what_it_did_not_create(fresh_aws):
+    endpoint, directory = fresh_aws
+    inventory = localhost_inventory(directory)
+    iam, ec2, s3 = client("iam", endpoint), client("ec2", endpoint), client("s3", endpoint)
+    iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    document = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:Describe*", "Resource": "*"}]}
+    managed = iam.create_policy(PolicyName="their-reads", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=ROLE, PolicyArn=managed)
+    theirs = ec2.create_key_pair(KeyName=BUCKET, KeyType="rsa")["KeyFingerprint"]
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    their_statement = {
+        "Sid": "AnalyticsReads",
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{BUCKET}/reports/*",
+    }
+    s3.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [their_statement]}))
+
+    refused = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory))
+    assert refused.returncode != 0
+    message = " ".join(refused.output.split())
+    assert f"deployment {BUCKET} would take over what it did not create: IAM role {ROLE}" in message, message[-3000:]
+    assert (
+        f"key pair {BUCKET}" in message and "bucket policy of fruitcloud-provision-test with 1 statement(s)" in message
+    )
+    assert "-e aws_infra_adopt_existing=true" in message
+    assert [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=ROLE)["AttachedPolicies"]] == [
+        "their-reads"
+    ]
+    assert iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == []
+    assert json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"] == [their_statement]
+    assert ec2.describe_instances()["Reservations"] == []
+
+    adopted = run_playbook(
+        "provision.yml", inventory, provision_vars(endpoint, directory, aws_infra_adopt_existing=True)
+    )
+    assert adopted.returncode == 0, adopted.output[-4000:]
+    statements = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]
+    assert [s["Sid"] for s in statements] == ["AnalyticsReads", "DenyInsecureTransport"]
+    [key] = ec2.describe_key_pairs(KeyNames=[BUCKET])["KeyPairs"]
+    assert (key["KeyFingerprint"], key["KeyType"]) == (theirs, "rsa"), "an adopted key pair is used, never replaced"
+    assert iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == [f"{BUCKET}-s3"]

@@ -3,7 +3,7 @@
 provision (moto EC2/IAM/S3) -> refresh the aws_ec2 inventory -> configure the
 launched host -> upload the shared sample -> run the job -> fetch the report.
 
-moto launches no machine: the `fruitcloud-master` instance is played by the EC2
+moto launches no machine: the `<bucket>-master` instance is played by the EC2
 stand-in (tests/ec2_standin.py), which at boot installs the public key of the
 key pair provision.yml created, read from the (fake) instance metadata as
 cloud-init does. The test inventory redirects only the address and port
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
+from pathlib import Path
 
 import boto3
 import pandas as pd
@@ -31,9 +33,25 @@ from harness.moto import TEST_CREDENTIALS, moto_server
 pytestmark = pytest.mark.container
 
 BUCKET = "fruitcloud-site-test"
-HOST = "fruitcloud-master"
+# The deployment is named after the bucket, and so is each host.
+HOST = f"{BUCKET}-master"
 # A run id of the default (timestamp) form, so that job_run_id=latest finds it.
 RUN_ID = "20260101T000000Z"
+# Every class of the sample, fewer images each: the path is the user's, the minutes
+# of CNN time are not what this test is about (the demo and the benchmark run it all).
+PER_CLASS = 40
+
+
+@pytest.fixture
+def images(sample_dir, tmp_path) -> tuple[Path, int, int]:
+    """A copy of the first PER_CLASS images of each class; returns it, the image count and the class count."""
+    root = tmp_path / "images"
+    classes = sorted(d for d in sample_dir.iterdir() if d.is_dir())
+    for folder in classes:
+        (root / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.jpg"))[:PER_CLASS]:
+            shutil.copyfile(path, root / folder.name / path.name)
+    return root, sum(1 for _ in root.rglob("*.jpg")), len(classes)
 
 
 @pytest.fixture
@@ -100,9 +118,10 @@ def ssh(port: int, key, known_hosts, command: str) -> str:
 
 
 def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
-    aws, podman_target_image, test_weights, sample_dir, tmp_path
+    aws, podman_target_image, test_weights, images, tmp_path
 ):
     endpoint = aws
+    images_dir, count, classes = images
     key, known_hosts = tmp_path / "keys" / "fruitcloud.pem", tmp_path / "keys" / "known_hosts"
     extra_vars = {
         "fruitcloud_aws_endpoint_url": endpoint,
@@ -114,14 +133,14 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "aws_infra_wait_for_ssh": False,
         # moto enforces the bucket's deny-without-TLS policy and serves plain HTTP here.
         "aws_infra_bucket_require_tls": False,
-        "upload_images_dir": str(sample_dir),
+        "upload_images_dir": str(images_dir),
         "job_run_id": RUN_ID,
         "job_pca_k": 8,
         "job_poll_seconds": 5,
         "job_reports_dir": str(tmp_path / "reports"),
     }
     with (
-        fake_imds(endpoint, role_name="fruitcloud-host", key_name="fruitcloud") as (imds_url, issued_keys),
+        fake_imds(endpoint, role_name=f"{BUCKET}-host", key_name=BUCKET) as (imds_url, issued_keys),
         ec2_standin(podman_target_image, HOST, imds_url, tmp_path / "standin") as port,
     ):
         inventory = flow_inventory(tmp_path, endpoint, port, test_weights)
@@ -154,7 +173,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         # One more image, then a rerun of the latest run: only that image is featurized.
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
         first = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
-        extra = sorted((sample_dir / "Banana").glob("*.jpg"))[0]
+        extra = sorted((images_dir / "Banana").glob("*.jpg"))[0]
         s3.upload_file(str(extra), BUCKET, "images/Banana/one-more.jpg")
         rerun = run_playbook("run_job.yml", inventory, {**extra_vars, "job_run_id": "latest"})
         failing = run_playbook(
@@ -164,7 +183,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         stopped_states = instance_states(endpoint)
         started = run_playbook("power.yml", inventory, {**extra_vars, "fruitcloud_power": "running"})
         started_states = instance_states(endpoint)
-    assert "3976 files uploaded, 0 unchanged, 24 classes" in run.output
+    assert f"{count} files uploaded, 0 unchanged, {classes} classes" in run.output
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
     manifest = first
@@ -173,13 +192,13 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     again = json.loads(s3.get_object(Bucket=BUCKET, Key=f"runs/{RUN_ID}/manifest.json")["Body"].read())
     assert manifest["host"]["user"] == "fruitcloud"
     assert manifest["parameters"]["weights"] == "imagenet"
-    assert manifest["counts"]["inputs"] == manifest["counts"]["featurized"] == 3976
-    assert (manifest["counts"]["errors"], manifest["counts"]["classes"], manifest["pca"]["k"]) == (0, 24, 8)
+    assert manifest["counts"]["inputs"] == manifest["counts"]["featurized"] == count
+    assert (manifest["counts"]["errors"], manifest["counts"]["classes"], manifest["pca"]["k"]) == (0, classes, 8)
 
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{RUN_ID}/pca/")["Contents"]
     parts = [o["Key"] for o in listed if o["Key"].endswith(".parquet")]
     pca = pd.concat(pd.read_parquet(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())) for k in parts)
-    assert len(pca) == 3977, "the projection of the rerun, one image more"
+    assert len(pca) == count + 1, "the projection of the rerun, one image more"
     assert pca["path"].is_unique
     assert {len(vector) for vector in pca["pca"]} == {8}
 
@@ -193,7 +212,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "report.html",
         "stage_seconds.png",
     ]
-    assert "images 3976: 3976 featurized, 0 errors, 24 classes" in run.output
+    assert f"images {count}: {count} featurized, 0 errors, {classes} classes" in run.output
 
     # Stop and start: moto changes the state; the started host is found again by the refreshed
     # inventory and check.yml sees Jupyter answer on it, over SSH.
@@ -203,8 +222,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert started.recap(HOST)["failed"] == 0
 
     assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
-    assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (3976, 3977)
-    assert (again["incremental"]["featurized_now"], again["incremental"]["reused_images"]) == (1, 3976)
+    assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (count, count + 1)
+    assert (again["incremental"]["featurized_now"], again["incremental"]["reused_images"]) == (1, count)
 
     assert failing.returncode != 0
     assert "spark-submit exited with 1" in failing.output
