@@ -72,16 +72,25 @@ HOST_POLICY_TEMPLATE = REPO / "roles" / "aws_infra" / "templates" / "host_policy
 
 
 # Two places where moto's IAM checks differ from AWS's, and the statements that make moto
-# accept what AWS accepts under the host policy: moto checks HeadBucket as its own action
-# (AWS: s3:ListBucket, granted), and DeleteObjects as s3:DeleteObject on the *bucket*
-# (AWS: on each key, granted under the runs prefix). With the second, moto checks the
-# keys of a DeleteObjects against the bucket policy only; single DELETEs stay checked.
-def moto_quirks(bucket: str) -> list[dict]:
+# accept what AWS accepts: moto checks HeadBucket as its own action (AWS: s3:ListBucket),
+# and DeleteObjects as s3:DeleteObject on the *bucket* (AWS: on each key). Each is granted
+# only when the policy grants what AWS checks, so a policy without it is denied as on AWS.
+# With the second, moto checks the keys of a DeleteObjects against the bucket policy only;
+# single DELETEs stay checked.
+def moto_quirks(bucket: str, policy: dict) -> list[dict]:
     arn = f"arn:aws:s3:::{bucket}"
-    return [
-        {"Sid": "MotoHeadBucket", "Effect": "Allow", "Action": "s3:HeadBucket", "Resource": arn},
-        {"Sid": "MotoDeleteObjects", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": arn},
-    ]
+    granted = {
+        action
+        for statement in policy["Statement"]
+        if statement["Effect"] == "Allow"
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+    }
+    quirks = []
+    if "s3:ListBucket" in granted:
+        quirks.append({"Sid": "MotoHeadBucket", "Effect": "Allow", "Action": "s3:HeadBucket", "Resource": arn})
+    if "s3:DeleteObject" in granted:
+        quirks.append({"Sid": "MotoDeleteObjects", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": arn})
+    return quirks
 
 
 def host_policy(bucket: str, images_prefix: str = "images/", runs_prefix: str = "runs/") -> dict:
@@ -111,7 +120,7 @@ def iam_enforced(endpoint: str, policy: dict, bucket: str, user: str = "fruitclo
 
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
     iam.create_user(UserName=user)
-    document = {**policy, "Statement": [*policy["Statement"], *moto_quirks(bucket)]}
+    document = {**policy, "Statement": [*policy["Statement"], *moto_quirks(bucket, policy)]}
     iam.put_user_policy(UserName=user, PolicyName="host", PolicyDocument=json.dumps(document))
     key = iam.create_access_key(UserName=user)["AccessKey"]
     _set_auth(endpoint, b"0")

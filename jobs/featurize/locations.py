@@ -44,9 +44,14 @@ def check_spark_writes(spark, storage: Storage, run_uri: str) -> None:
     except Exception as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         cause = next((line for line in lines if line.startswith(": ")), lines[0]).lstrip(": ")
+        hint = (
+            "s3a needs s3:ListBucket on the bucket and s3:PutObject, s3:DeleteObject under the runs prefix "
+            "(the aws_infra host policy grants them)"
+            if "AccessDenied" in cause
+            else "check the s3a jars on the classpath (roles/s3a_jars) and that s3a finds the same credentials as boto3"
+        )
         raise StorageError(
-            f"Spark cannot write to {run_uri} through s3a ({cause[:300]}): check the s3a jars on the classpath "
-            "(roles/s3a_jars) and that s3a finds the same credentials as boto3; nothing was computed"
+            f"Spark cannot write to {run_uri} through s3a ({cause[:300]}): {hint}; nothing was computed"
         ) from exc
     # s3a leaves a marker of the probe's folder (the run's) behind: a failed run writes nothing.
     storage.delete(join(run_uri, ""))

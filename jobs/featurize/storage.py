@@ -238,7 +238,10 @@ class Storage:
             if code in ("404", "NoSuchBucket"):
                 raise StorageError(f"bucket does not exist: s3://{bucket}") from exc
             if code in ("403", "AccessDenied"):
-                raise StorageError(f"access denied to bucket s3://{bucket}") from exc
+                raise StorageError(
+                    f"access denied to bucket s3://{bucket}: HeadBucket needs s3:ListBucket on it "
+                    "(the aws_infra host policy grants it)"
+                ) from exc
             raise
 
     def check_writable(self, uri: str) -> None:
@@ -246,13 +249,22 @@ class Storage:
         from botocore.exceptions import ClientError
 
         probe = join(uri, "_write_probe")
-        try:
-            self.write_bytes(probe, b"")
-            self.delete(probe)
-        except OSError as exc:
-            raise StorageError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
-        except ClientError as exc:
-            raise StorageError(f"output location {uri} is not writable: {error_code(exc) or exc}") from exc
+        for action, step in (
+            ("s3:PutObject", lambda: self.write_bytes(probe, b"")),
+            ("s3:DeleteObject", lambda: self.delete(probe)),
+        ):
+            try:
+                step()
+            except OSError as exc:
+                raise StorageError(f"output location {uri} is not writable: {exc.strerror or exc}") from exc
+            except ClientError as exc:
+                code = error_code(exc) or str(exc)
+                if code in ("403", "AccessDenied"):
+                    raise StorageError(
+                        f"output location {uri} is not writable: AccessDenied on {action} of {probe}; the job needs "
+                        "s3:PutObject and s3:DeleteObject under the runs prefix (the aws_infra host policy grants both)"
+                    ) from exc
+                raise StorageError(f"output location {uri} is not writable: {code}") from exc
 
     def delete(self, uri: str) -> None:
         if is_s3(uri):

@@ -122,3 +122,25 @@ def test_output_inside_the_input_is_refused_before_any_work(s3, bucket, moto_end
     assert result.returncode == 1
     assert f"--output s3a://{bucket}/images/runs/ and --input s3a://{bucket}/images/ overlap" in result.stdout
     assert "runs/" not in {obj["Key"][len("images/") :][:5] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+
+
+@pytest.mark.parametrize(
+    ("statement", "action", "message"),
+    [
+        ("WriteRunsOnly", "s3:PutObject", "is not writable: AccessDenied on s3:PutObject of s3a://"),
+        ("ListTheBucket", "s3:ListBucket", "HeadBucket needs s3:ListBucket on it"),
+    ],
+)
+def test_a_host_policy_missing_one_action_fails_early_naming_it(
+    s3, bucket, moto_endpoint, sample_dir, statement, action, message
+):
+    """The rendered host policy is enough (every other test here runs under it); without one action the run stops."""
+    upload(s3, bucket, sample_dir, classes=("Kiwi",), per_class=2)
+    policy = host_policy(bucket)
+    [granting] = [s for s in policy["Statement"] if s["Sid"] == statement]
+    granting["Action"] = [a for a in granting["Action"] if a != action]
+    with iam_enforced(moto_endpoint, policy, bucket) as credentials:
+        result = run(bucket, moto_endpoint, "short", credentials)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert message in result.stdout, result.stdout[-3000:]
+    assert "stage list" not in result.stdout

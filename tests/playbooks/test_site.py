@@ -92,8 +92,15 @@ def instance_states(endpoint: str) -> set[str]:
     return {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
 
 
-def ssh(port: int, key, known_hosts, command: str) -> str:
-    """Run a command on the stand-in as the README's user does: ubuntu, the key pair, a known host key."""
+def instance_id(endpoint: str, name: str) -> str:
+    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
+    filters = [{"Name": "tag:Name", "Values": [name]}, {"Name": "instance-state-name", "Values": ["running"]}]
+    [reservation] = ec2.describe_instances(Filters=filters)["Reservations"]
+    return reservation["Instances"][0]["InstanceId"]
+
+
+def ssh(port: int, key, known_hosts, alias: str, command: str) -> str:
+    """Run a command on the stand-in as the README's user does: ubuntu, the key pair, the host key recorded for it."""
     result = subprocess.run(
         [
             "ssh",
@@ -103,6 +110,8 @@ def ssh(port: int, key, known_hosts, command: str) -> str:
             str(key),
             "-o",
             f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            f"HostKeyAlias={alias}",
             "-o",
             "StrictHostKeyChecking=yes",
             "-o",
@@ -151,19 +160,22 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         recap = run.recap(HOST)
         assert (recap["failed"], recap["unreachable"]) == (0, 0)
 
-        # The host key was recorded on first contact and is what the host presents now.
-        recorded = subprocess.run(
-            ["ssh-keygen", "-F", f"[127.0.0.1]:{port}", "-f", str(known_hosts)], capture_output=True, text=True
-        )
+        # The host key was recorded on first contact, under the instance id (not the address), and is
+        # what the host presents now.
+        alias = instance_id(endpoint, HOST)
+        recorded = subprocess.run(["ssh-keygen", "-F", alias, "-f", str(known_hosts)], capture_output=True, text=True)
         assert recorded.returncode == 0 and "ssh-ed25519" in recorded.stdout, known_hosts.read_text()
         # The job ran as the unprivileged account, which owns its log; ubuntu only reached it through sudo.
-        owners = ssh(port, key, known_hosts, f"sudo -n stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log")
+        owners = ssh(
+            port, key, known_hosts, alias, f"sudo -n stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log"
+        )
         assert owners.split() == ["fruitcloud", "fruitcloud"]
-        assert ssh(port, key, known_hosts, "sudo -n -l -U fruitcloud || true").count("may run") == 0
+        assert ssh(port, key, known_hosts, alias, "sudo -n -l -U fruitcloud || true").count("may run") == 0
         leaked = ssh(
             port,
             key,
             known_hosts,
+            alias,
             "sudo grep -rlF -e "
             + " -e ".join(issued_keys)
             + " /etc/spark /opt/fruitcloud/job /var/log/fruitcloud || true",
@@ -183,6 +195,15 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         stopped_states = instance_states(endpoint)
         started = run_playbook("power.yml", inventory, {**extra_vars, "fruitcloud_power": "running"})
         started_states = instance_states(endpoint)
+        # Another key recorded for the instance, as if someone sat between: the next run refuses the host.
+        subprocess.run(["ssh-keygen", "-R", alias, "-f", str(known_hosts)], check=True, capture_output=True)
+        impostor = tmp_path / "impostor"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True)
+        with known_hosts.open("a") as entries:
+            entries.write(f"{alias} {impostor.with_suffix('.pub').read_text()}")
+        # A fresh control socket directory: the persistent master of the last run would skip the key check.
+        fresh_sockets = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
+        tampered = run_playbook("check.yml", inventory, extra_vars, env=fresh_sockets)
     assert f"{count} files uploaded, 0 unchanged, {classes} classes" in run.output
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
@@ -220,6 +241,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert started.returncode == 0 and started_states == {"running"}, started.output[-3000:]
     assert "TASK [Ask JupyterLab for its API status on 127.0.0.1]" in started.output
     assert started.recap(HOST)["failed"] == 0
+    assert tampered.returncode != 0 and tampered.recap(HOST)["unreachable"] == 1, tampered.output[-3000:]
+    assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in tampered.output
 
     assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
     assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (count, count + 1)
