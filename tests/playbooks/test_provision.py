@@ -194,6 +194,9 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert groups["spark_master"]["hosts"] == [MASTER]
     assert groups["spark_workers"]["hosts"] == [WORKER]
     assert sorted(groups["spark"]["hosts"]) == [MASTER, WORKER]
+    # ansible-inventory marks values read from AWS as unsafe (not templated).
+    alias = groups["_meta"]["hostvars"][MASTER]["fruitcloud_host_key_alias"]
+    assert alias == {"__ansible_unsafe": master["InstanceId"]}
 
     known_hosts = directory / "known_hosts"
     known_hosts.write_text("[203.0.113.9]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ7\n")
