@@ -70,6 +70,28 @@ def allowed(policy: dict, action: str, resource: str) -> bool:
     return "Allow" in effects and "Deny" not in effects
 
 
+def list_inventory(endpoint, directory) -> dict:
+    """The repository's aws_ec2 inventory pointed at moto, listed as a user of this deployment lists it."""
+    inventory_file = directory / "test.aws_ec2.yml"
+    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
+    inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
+    listed = subprocess.run(
+        [
+            str(REPO / ".venv/bin/ansible-inventory"),
+            "-i",
+            str(inventory_file),
+            "--list",
+            "-e",
+            f"fruitcloud_bucket={BUCKET}",
+        ],
+        env=ansible_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(listed.stdout)
+
+
 def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     endpoint, directory = fresh_aws
     inventory = localhost_inventory(directory)
@@ -173,24 +195,7 @@ def test_provision_creates_everything_with_the_right_properties(fresh_aws):
     assert check.returncode == 0, check.output[-4000:]
     assert check.recap()["changed"] == 0, check.output[-4000:]
 
-    inventory_file = directory / "test.aws_ec2.yml"
-    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
-    inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
-    listed = subprocess.run(
-        [
-            str(REPO / ".venv/bin/ansible-inventory"),
-            "-i",
-            str(inventory_file),
-            "--list",
-            "-e",
-            f"fruitcloud_bucket={BUCKET}",
-        ],
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    groups = json.loads(listed.stdout)
+    groups = list_inventory(endpoint, directory)
     assert groups["spark_master"]["hosts"] == [MASTER]
     assert groups["spark_workers"]["hosts"] == [WORKER]
     assert sorted(groups["spark"]["hosts"]) == [MASTER, WORKER]
@@ -497,31 +502,10 @@ def test_a_deployment_acts_on_its_own_resources_only(fresh_aws):
     assert other.returncode == 0, other.output[-4000:]
     ours = run_playbook("provision.yml", inventory, provision_vars(endpoint, directory))
     assert ours.returncode == 0, ours.output[-4000:]
-    assert running_names(ec2) == {
-        "by-hand": "running",
-        f"{staging}-master": "running",
-        f"{staging}-worker-1": "running",
-        MASTER: "running",
-    }, "provisioning with no workers left the other deployment's worker alone"
+    not_ours = {"by-hand": "running", f"{staging}-master": "running", f"{staging}-worker-1": "running"}
+    assert running_names(ec2) == not_ours | {MASTER: "running"}, "the other deployment's worker is not surplus here"
 
-    inventory_file = directory / "test.aws_ec2.yml"
-    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
-    inventory_file.write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
-    listed = subprocess.run(
-        [
-            str(REPO / ".venv/bin/ansible-inventory"),
-            "-i",
-            str(inventory_file),
-            "--list",
-            "-e",
-            f"fruitcloud_bucket={BUCKET}",
-        ],
-        env=ansible_env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    groups = json.loads(listed.stdout)
+    groups = list_inventory(endpoint, directory)
     assert (groups["spark"]["hosts"], groups["spark_master"]["hosts"]) == ([MASTER], [MASTER])
     assert "spark_workers" not in groups
 
@@ -529,20 +513,11 @@ def test_a_deployment_acts_on_its_own_resources_only(fresh_aws):
         "power.yml", inventory, provision_vars(endpoint, directory) | {"fruitcloud_power": "stopped"}
     )
     assert stopped.returncode == 0, stopped.output[-4000:]
-    assert running_names(ec2)[MASTER] == "stopped"
-    assert {name: state for name, state in running_names(ec2).items() if name != MASTER} == {
-        "by-hand": "running",
-        f"{staging}-master": "running",
-        f"{staging}-worker-1": "running",
-    }
+    assert running_names(ec2) == not_ours | {MASTER: "stopped"}
 
     down = run_playbook("teardown.yml", inventory, provision_vars(endpoint, directory))
     assert down.returncode == 0, down.output[-4000:]
-    assert running_names(ec2) == {
-        "by-hand": "running",
-        f"{staging}-master": "running",
-        f"{staging}-worker-1": "running",
-    }
+    assert running_names(ec2) == not_ours
     left = {a["AlarmName"] for a in cloudwatch.describe_alarms()["MetricAlarms"]}
     assert left == {
         "fruitcloud-prod-x",
