@@ -203,7 +203,10 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
             entries.write(f"{alias} {impostor.with_suffix('.pub').read_text()}")
         # A fresh control socket directory: the persistent master of the last run would skip the key check.
         fresh_sockets = {"ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp_path / "cp")}
-        tampered = run_playbook("check.yml", inventory, extra_vars, env=fresh_sockets)
+        # check.yml waits for SSH (fruitcloud_ssh_timeout_seconds) before it reports the refused key.
+        tampered = run_playbook(
+            "check.yml", inventory, {**extra_vars, "fruitcloud_ssh_timeout_seconds": 10}, env=fresh_sockets
+        )
     assert f"{count} files uploaded, 0 unchanged, {classes} classes" in run.output
     assert issued_keys, "the job never asked the instance metadata service for credentials"
 
@@ -241,7 +244,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert started.returncode == 0 and started_states == {"running"}, started.output[-3000:]
     assert "TASK [Ask JupyterLab for its API status on 127.0.0.1]" in started.output
     assert started.recap(HOST)["failed"] == 0
-    assert tampered.returncode != 0 and tampered.recap(HOST)["unreachable"] == 1, tampered.output[-3000:]
+    assert tampered.returncode != 0 and tampered.recap(HOST)["failed"] == 1, tampered.output[-3000:]
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in tampered.output
 
     assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
