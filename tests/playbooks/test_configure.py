@@ -5,15 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import boto3
-import pytest
 import yaml
 from support.ansible_helpers import run_playbook
 from support.ec2_standin import ec2_standin
 from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS
-
-pytestmark = pytest.mark.container
 
 BIONIC_OS_RELEASE = """NAME="Ubuntu"
 VERSION="18.04.6 LTS (Bionic Beaver)"
@@ -51,4 +48,29 @@ def test_a_host_that_says_it_is_ubuntu_1804_is_refused_before_any_change(podman_
     assert "fruitcloud-bionic runs ubuntu 18.04 with python3 3.11: ansible-core 2.19 needs Python >= 3.8" in said
     assert "Use Ubuntu 22.04 or 24.04" in said
     recap = run.recap("fruitcloud-bionic")
+    assert (recap["changed"], recap["failed"]) == (0, 1), "refused before any change"
+
+
+def test_a_worker_without_its_master_in_the_run_is_refused_with_the_limit_that_works(tmp_path):
+    """`--limit WORKER` once pointed the worker at spark://127.0.0.1:7077: it started and never joined."""
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "spark": {
+                    "children": {
+                        "spark_master": {"hosts": {"fruitcloud-master": local}},
+                        "spark_workers": {"hosts": {"fruitcloud-worker-1": local}},
+                    }
+                }
+            }
+        )
+    )
+    run = run_playbook("configure.yml", inventory, {}, "--limit", "fruitcloud-worker-1")
+    assert run.returncode != 0
+    said = " ".join(run.output.split())
+    assert "no host of spark_master (fruitcloud-master) is in this run" in said
+    assert "--limit 'spark_master,fruitcloud-worker-1'" in said
+    recap = run.recap("fruitcloud-worker-1")
     assert (recap["changed"], recap["failed"]) == (0, 1), "refused before any change"

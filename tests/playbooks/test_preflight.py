@@ -71,3 +71,15 @@ def test_site_refuses_bad_local_inputs_before_creating_anything(moto_endpoint, s
     assert expected in run.output, run.output[-3000:]
     assert "TASK [aws_infra" not in run.output
     assert aws_resources(moto_endpoint) == before
+
+
+@pytest.mark.parametrize("playbook", ["provision.yml", "teardown.yml", "upload_images.yml", "power.yml", "run_job.yml"])
+def test_a_playbook_without_a_bucket_name_says_how_to_give_one_before_any_aws_call(playbook, sample_dir, tmp_path):
+    # Nothing listens on port 9: a call to AWS would fail with a connection error, not with this message.
+    extra_vars = {"fruitcloud_aws_endpoint_url": "http://127.0.0.1:9", "upload_images_dir": str(sample_dir)}
+    run = run_playbook(playbook, localhost_inventory(tmp_path), extra_vars, "-e", "fruitcloud_power=stopped")
+    assert run.returncode != 0
+    said = " ".join(run.output.split())
+    assert 'fruitcloud_bucket "" is not an S3 bucket name: set -e fruitcloud_bucket=NAME' in said
+    assert "(e.g. my-company-fruitcloud)" in said
+    assert run.recap()["failed"] == 1
