@@ -35,6 +35,7 @@ from featurize.fingerprint import settings_fingerprint
 from featurize.images import IMAGE_EXTENSIONS, has_image_extension
 from featurize.locations import canonical, check_no_overlap, check_spark_writes
 from featurize.manifest import count_rows, run_manifest, summarize_errors, unread_message
+from featurize.progress import PROGRESS_DIR, ProgressWatcher
 from featurize.publish import ModelSave, fit_pca, write_pca, write_report
 from featurize.storage import ListedFile, Storage, join
 from featurize.warmup import WarmUp
@@ -168,11 +169,14 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
     decode_seconds, cnn_seconds, models_built = sc.accumulator(0.0), sc.accumulator(0.0), sc.accumulator(0)
     tasks = pipeline.task_count(run.spark, len(todo), run.config.files_per_partition)
     attempts = join(run.run_uri, ATTEMPTS_DIR)
+    started = f"{run.started_at:%Y%m%dT%H%M%S%f}"
+    progress_records = join(run.run_uri, PROGRESS_DIR, started)
     chunks = pipeline.ChunkSettings(
         run.run_uri,
         run.fingerprint,
         run.config.commit_every,
-        attempt_records=join(attempts, f"{run.started_at:%Y%m%dT%H%M%S%f}"),
+        attempt_records=join(attempts, started),
+        progress_records=progress_records,
     )
     task = pipeline.make_featurize_task(
         run.settings,
@@ -185,10 +189,13 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
     with run.clock.stage("warm_up") as details:
         run.warm_up.wait()
         details.update(workers=run.warm_up.workers, job_s=round(run.warm_up.seconds, 1))
-    with run.clock.stage("featurize") as details:
-        started = time.perf_counter()
+    with (
+        run.clock.stage("featurize") as details,
+        ProgressWatcher(run.storage, run.run_uri, progress_records, total=len(todo)),
+    ):
+        began = time.perf_counter()
         committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
-        rate = len(todo) / (time.perf_counter() - started)
+        rate = len(todo) / (time.perf_counter() - began)
         details.update(
             images=len(todo),
             rate=f"{rate:.1f}/s",
@@ -200,7 +207,13 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
             models_built=models_built.value,
         )
     # Records of retried tasks, this run's and any a killed run left, are of no use once the stage is done.
-    run.storage.delete_many([listed.path for listed in run.storage.list_files(attempts)])
+    run.storage.delete_many(
+        [
+            listed.path
+            for folder in (attempts, join(run.run_uri, PROGRESS_DIR))
+            for listed in run.storage.list_files(folder)
+        ]
+    )
     run.worker_cpu_seconds = {"decode": decode_seconds.value, "cnn": cnn_seconds.value}
     run.models_built_by_featurize = models_built.value
 

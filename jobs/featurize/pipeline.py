@@ -25,6 +25,7 @@ from featurize.batch import BatchTimings, FeaturizeSettings, Outcome, featurize_
 from featurize.commits import ATTEMPTS_DIR, RETRY, Commit, rows_hash, write_chunk
 from featurize.fetch import FetchSettings, fetch_batches
 from featurize.model import built_in_this_worker, worker_extractor
+from featurize.progress import TaskReporter, task_report_uri
 from featurize.storage import ListedFile, Storage, join
 
 TODO_SCHEMA = T.StructType(
@@ -65,6 +66,8 @@ class ChunkSettings:
     fingerprint: str
     commit_every: int
     attempt_records: str = ""
+    # This run's folder of the tasks' progress counts (featurize.progress); empty: no counts written.
+    progress_records: str = ""
 
 
 def model_key(settings: FeaturizeSettings) -> tuple[str, int, int, str]:
@@ -78,6 +81,13 @@ def task_attempt() -> int:
 
     context = TaskContext.get()
     return context.attemptNumber() if context else 0
+
+
+def task_partition() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.partitionId() if context else 0
 
 
 def crash_record_uri(chunks: ChunkSettings, rows: list[tuple]) -> str:
@@ -131,14 +141,19 @@ def make_featurize_task(
         else:
             record = crash_record_uri(chunks, rows)
             outcomes = featurize_isolating(rows, extract, settings, fetch, storage, record_uri=record, attempt=attempt)
+        reporter = TaskReporter(storage, task_report_uri(chunks.progress_records, task_partition()))
         pending: list[tuple] = []
         for row, outcome in outcomes:
             pending.append((*row, outcome.features, outcome.stage, outcome.reason, outcome.code, outcome.retryable))
+            if chunks.progress_records:
+                reporter.add(1)
             if len(pending) >= chunks.commit_every:
                 yield _commit(storage, chunks, pending)
                 pending = []
         if pending:
             yield _commit(storage, chunks, pending)
+        if chunks.progress_records:
+            reporter.write()
 
     return featurize_task
 
