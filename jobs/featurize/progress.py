@@ -66,7 +66,7 @@ class Snapshot:
         eta = "unknown" if self.eta_s is None else f"{self.eta_s:.0f} s"
         percent = 100 * self.done / self.total if self.total else 100.0
         return (
-            f"featurize: {self.done:,}/{self.total:,} images ({percent:.0f} %), " f"{self.rate:.1f} images/s, ETA {eta}"
+            f"progress {self.done:,}/{self.total:,} images ({percent:.0f} %), " f"{self.rate:.1f} images/s, ETA {eta}"
         )
 
     def document(self, state: str) -> dict:

@@ -58,7 +58,7 @@ def test_the_driver_sums_the_tasks_logs_each_tenth_with_an_eta_and_publishes_it(
         clock.now += 1.0
         quiet = watcher.step()
     assert (first.done, second.done, quiet.done) == (50, 60, 60)
-    assert first.line() == "featurize: 50/200 images (25 %), 5.0 images/s, ETA 30 s"
+    assert first.line() == "progress 50/200 images (25 %), 5.0 images/s, ETA 30 s"
     lines = [record.getMessage() for record in caplog.records]
     assert lines == [first.line(), second.line()], "a line when another tenth is done, none in between"
     published = json.loads(storage.read_bytes(join(run, PROGRESS_OBJECT)))
@@ -69,14 +69,16 @@ def test_the_driver_sums_the_tasks_logs_each_tenth_with_an_eta_and_publishes_it(
 def test_a_quiet_stretch_still_logs_every_30_seconds_and_the_end_is_published(tmp_path, caplog):
     clock, storage = Clock(), Storage()
     run, records = tmp_path.as_uri(), join(tmp_path.as_uri(), "_progress", "t0")
-    with caplog.at_level(logging.INFO, logger="featurize"):
-        with ProgressWatcher(storage, run, records, total=1000, poll_s=3600, clock=clock) as watcher:
-            clock.now += 29.0
-            watcher.step()
-            clock.now += 1.0
-            watcher.step()
+    with (
+        caplog.at_level(logging.INFO, logger="featurize"),
+        ProgressWatcher(storage, run, records, total=1000, poll_s=3600, clock=clock) as watcher,
+    ):
+        clock.now += 29.0
+        watcher.step()
+        clock.now += 1.0
+        watcher.step()
     assert [record.getMessage() for record in caplog.records] == [
-        "featurize: 0/1,000 images (0 %), 0.0 images/s, ETA unknown"
+        "progress 0/1,000 images (0 %), 0.0 images/s, ETA unknown"
     ]
     published = json.loads(storage.read_bytes(join(run, PROGRESS_OBJECT)))
     assert (published["done"], published["state"], published["eta_seconds"]) == (1000, "featurized", 0.0)
