@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -145,7 +146,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "upload_images_dir": str(images_dir),
         "job_run_id": RUN_ID,
         "job_pca_k": 8,
-        "job_poll_seconds": 5,
+        # Short polls, so that the featurize stage of a few hundred images shows its progress more than once.
+        "job_poll_seconds": 2,
         "job_reports_dir": str(tmp_path / "reports"),
     }
     with (
@@ -237,6 +239,12 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "stage_seconds.png",
     ]
     assert f"images {count}: {count} featurized, 0 errors, {classes} classes" in run.output
+    # run_job.yml showed how far the run was while it waited, from the progress object the driver publishes.
+    progress = re.findall(
+        rf"run {RUN_ID}: featurize running, (\d+)/{count} images \(\d+ %\), [\d.]+ images/s, ETA ", run.output
+    )
+    assert len(progress) >= 2 and int(progress[-1]) > 0, run.output[-6000:]
+    assert "FAILED - RETRYING" not in run.output
 
     # Stop and start: moto changes the state; the started host is found again by the refreshed
     # inventory and check.yml sees Jupyter answer on it, over SSH.
