@@ -158,6 +158,19 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--break-lock", action="store_true", help="take the run's lock even if another run holds it")
     parser.add_argument("--log-level", default=default("log_level"), choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--prices",
+        default=None,
+        metavar="FILE",
+        help="JSON price table laid over the defaults of the cost estimate, by region (see docs/costs.md)",
+    )
+    parser.add_argument(
+        "--cpu-credits",
+        choices=["unlimited", "standard"],
+        default=default("cpu_credits"),
+        help="credit mode of burstable hosts, as provisioned: unlimited pays a surplus past the baseline "
+        "(default: %(default)s)",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> JobConfig:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from featurize.ec2 import imds_get
 from featurize.errors import LockHeldError
 from featurize.storage import ListedFile, Storage, join
 
@@ -288,35 +289,13 @@ def _process_alive(pid) -> bool:
     return True
 
 
-def ec2_instance_id(timeout: float = 0.5) -> str | None:
-    """This host's EC2 instance id from IMDSv2, or None off EC2 (or with AWS_EC2_METADATA_DISABLED)."""
-    import urllib.request
-
-    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
-        return None
-    endpoint = os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://169.254.169.254").rstrip("/")
-    try:
-        token_request = urllib.request.Request(
-            f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
-        )
-        with urllib.request.urlopen(token_request, timeout=timeout) as response:
-            token = response.read().decode()
-        id_request = urllib.request.Request(
-            f"{endpoint}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
-        )
-        with urllib.request.urlopen(id_request, timeout=timeout) as response:
-            return response.read().decode().strip() or None
-    except OSError:
-        return None
-
-
 def machine_identity() -> str:
     """Which machine a lock holder runs on: its EC2 instance id, else its kernel's boot id and its hostname.
 
     Hostnames alone repeat (every Ubuntu AMI boots as "ubuntu", containers
     share names), and a PID says nothing on another machine.
     """
-    instance = ec2_instance_id()
+    instance = imds_get("instance-id")
     if instance:
         return f"ec2:{instance}"
     try:

@@ -43,6 +43,9 @@ class JobConfig:
     lock_ttl_hours: int = 12
     break_lock: bool = False
     log_level: str = "INFO"
+    # The cost estimate (featurize.cost): a JSON price table over the defaults, and the hosts' credit mode.
+    prices: str | None = None
+    cpu_credits: str = "unlimited"
 
 
 def default(name: str):

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from featurize.batch import FeaturizeSettings
 from featurize.commits import RunLock
 from featurize.config import JobConfig
+from featurize.cost import busy_cpu_seconds
 from featurize.fetch import FetchSettings
 from featurize.storage import Storage, join
 from featurize.warmup import WarmUp
@@ -54,6 +55,10 @@ class RunContext:
     lock: RunLock | None = None
     models_built_by_featurize: int = 0
     worker_cpu_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "cnn": 0.0})
+    # For the cost estimate: the host's busy CPU when the run began, and the tasks' S3 requests
+    # (a Spark accumulator of pipeline.RequestCountsParam; the driver's own are storage.request_counts()).
+    busy_cpu_at_start: float | None = field(default_factory=busy_cpu_seconds)
+    requests: object = None
 
     @property
     def manifest_uri(self) -> str:

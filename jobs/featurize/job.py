@@ -29,6 +29,7 @@ from featurize.commits import (
 )
 from featurize.config import JobConfig
 from featurize.context import RunContext
+from featurize.cost import summary_line
 from featurize.errors import JobError, UnreadInputsError
 from featurize.fetch import FetchSettings
 from featurize.fingerprint import settings_fingerprint
@@ -61,6 +62,8 @@ def prepare(spark, config: JobConfig) -> RunContext:
     # Spark's 10,000 rows would hold 50 MB of features per batch, tiny batches cost calls.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     storage = Storage(endpoint)
+    from featurize.pipeline import RequestCountsParam
+
     return RunContext(
         spark=spark,
         config=config,
@@ -70,6 +73,7 @@ def prepare(spark, config: JobConfig) -> RunContext:
         settings=settings,
         fetch=FetchSettings(endpoint_url=endpoint, max_in_flight=config.fetch_concurrency),
         fingerprint=settings_fingerprint(settings),
+        requests=spark.sparkContext.accumulator({}, RequestCountsParam()),
     )
 
 
@@ -185,6 +189,7 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         decode_seconds=decode_seconds,
         cnn_seconds=cnn_seconds,
         models_built=models_built,
+        requests=run.requests,
     )
     with run.clock.stage("warm_up") as details:
         run.warm_up.wait()
@@ -242,7 +247,9 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         raise UnreadInputsError(unread_message(run, counts, codes))
     if counts.featurized < 2:
         raise JobError(f"PCA needs at least 2 featurized images, got {counts.featurized} (see {run.run_uri}/errors)")
-    features = pipeline.persist_on_disk(pipeline.read_features(run.spark, live, run.fetch.endpoint_url))
+    features = pipeline.persist_on_disk(
+        pipeline.read_features(run.spark, live, run.fetch.endpoint_url, requests=run.requests)
+    )
     model_save = None
     try:
         pca = fit_pca(run, features)
@@ -276,6 +283,7 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         manifest["timing"]["images_per_second"] or 0.0,
         run.manifest_uri,
     )
+    log.info("%s", summary_line(manifest["cost"]))
     if counts.retryable_errors:
         raise UnreadInputsError(unread_message(run, counts, codes))
     return manifest

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 
-from featurize import __version__
+from featurize import __version__, cost
 from featurize.commits import ERRORS, FEATURES, RETRY, Commit, Plan, read_error_rows
 from featurize.context import RunContext
 from featurize.fetch import READ_HINTS
-from featurize.storage import join
+from featurize.storage import join, request_counts
 
 OUTPUTS = ("features", "errors", "pca", "pca_model")
 
@@ -153,10 +153,31 @@ def unread_message(run: RunContext, counts: Counts, codes: dict[str, dict]) -> s
     )
 
 
+def run_cost(run: RunContext) -> dict:
+    """The run's cost estimate (featurize.cost) from what it measured so far: wall time, busy CPU, S3 requests."""
+    from featurize.pipeline import s3a_request_counts
+
+    boto3_requests = dict(Counter(run.requests.value) + Counter(request_counts())) if run.requests else request_counts()
+    s3a_requests = s3a_request_counts(run.spark, run.run_uri)
+    busy_now = cost.busy_cpu_seconds()
+    busy = None if busy_now is None or run.busy_cpu_at_start is None else busy_now - run.busy_cpu_at_start
+    estimate = cost.estimate(
+        instance=cost.this_instance(),
+        prices=cost.load_prices(run.config.prices),
+        wall_seconds=(datetime.now(timezone.utc) - run.started_at).total_seconds(),
+        busy_vcpu_seconds=busy,
+        requests=cost.request_classes(boto3_requests, s3a_requests),
+        stored_bytes=sum(listed.size for listed in run.storage.list_files(run.run_uri)),
+        cpu_credits=run.config.cpu_credits,
+    )
+    estimate["requests_by_operation"] = {"boto3": boto3_requests, "s3a": cost.s3a_requests_named(s3a_requests)}
+    return estimate
+
+
 def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Counts, pca, pca_parts) -> dict:
     sc = run.spark.sparkContext
     config = run.config
-    return build_manifest(
+    manifest = build_manifest(
         run_id=config.run_id,
         input_uri=config.input,
         run_uri=run.run_uri,
@@ -205,3 +226,6 @@ def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Cou
         },
         outputs={"pca_parts": pca_parts, "commits": [commit.uri for commit in live]},
     )
+    manifest["parameters"]["cpu_credits"] = config.cpu_credits
+    manifest["cost"] = run_cost(run)
+    return manifest

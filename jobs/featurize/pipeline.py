@@ -11,11 +11,13 @@ import io
 import json
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
+from pyspark.accumulators import AccumulatorParam
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession
@@ -26,7 +28,7 @@ from featurize.commits import ATTEMPTS_DIR, RETRY, Commit, rows_hash, write_chun
 from featurize.fetch import FetchSettings, fetch_batches
 from featurize.model import built_in_this_worker, worker_extractor
 from featurize.progress import TaskReporter, task_report_uri
-from featurize.storage import ListedFile, Storage, join
+from featurize.storage import ListedFile, Storage, is_s3, join, request_counts, requests_since
 
 TODO_SCHEMA = T.StructType(
     [
@@ -68,6 +70,29 @@ class ChunkSettings:
     attempt_records: str = ""
     # This run's folder of the tasks' progress counts (featurize.progress); empty: no counts written.
     progress_records: str = ""
+
+
+class RequestCountsParam(AccumulatorParam):
+    """Sums the tasks' S3 request counts by operation, for the run's cost (featurize.cost)."""
+
+    def zero(self, value: dict[str, int]) -> dict[str, int]:
+        return {}
+
+    def addInPlace(self, first: dict[str, int], second: dict[str, int]) -> dict[str, int]:
+        for operation, count in second.items():
+            first[operation] = first.get(operation, 0) + count
+        return first
+
+
+@contextmanager
+def counting_requests(requests):
+    """Add the S3 requests this task's process sends meanwhile to the ``requests`` accumulator (if any)."""
+    before = request_counts()
+    try:
+        yield
+    finally:
+        if requests is not None:
+            requests.add(requests_since(before))
 
 
 def model_key(settings: FeaturizeSettings) -> tuple[str, int, int, str]:
@@ -120,6 +145,7 @@ def make_featurize_task(
     decode_seconds=None,
     cnn_seconds=None,
     models_built=None,
+    requests=None,
 ):
     """The pandas function of the featurize stage: images to fetch in, one row per committed chunk out.
 
@@ -130,30 +156,33 @@ def make_featurize_task(
     """
 
     def featurize_task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        if models_built is not None and not built_in_this_worker(*model_key(settings)):
-            models_built.add(1)
-        extract = worker_extractor(*model_key(settings))
-        storage = Storage(fetch.endpoint_url)
-        rows = [row for batch in batches for row in batch.itertuples(index=False)]
-        attempt = task_attempt()
-        if attempt == 0:
-            outcomes = featurize_rows(rows, extract, settings, fetch, timers=(decode_seconds, cnn_seconds))
-        else:
-            record = crash_record_uri(chunks, rows)
-            outcomes = featurize_isolating(rows, extract, settings, fetch, storage, record_uri=record, attempt=attempt)
-        reporter = TaskReporter(storage, task_report_uri(chunks.progress_records, task_partition()))
-        pending: list[tuple] = []
-        for row, outcome in outcomes:
-            pending.append((*row, outcome.features, outcome.stage, outcome.reason, outcome.code, outcome.retryable))
-            if chunks.progress_records:
-                reporter.add(1)
-            if len(pending) >= chunks.commit_every:
+        with counting_requests(requests):
+            if models_built is not None and not built_in_this_worker(*model_key(settings)):
+                models_built.add(1)
+            extract = worker_extractor(*model_key(settings))
+            storage = Storage(fetch.endpoint_url)
+            rows = [row for batch in batches for row in batch.itertuples(index=False)]
+            attempt = task_attempt()
+            if attempt == 0:
+                outcomes = featurize_rows(rows, extract, settings, fetch, timers=(decode_seconds, cnn_seconds))
+            else:
+                record = crash_record_uri(chunks, rows)
+                outcomes = featurize_isolating(
+                    rows, extract, settings, fetch, storage, record_uri=record, attempt=attempt
+                )
+            reporter = TaskReporter(storage, task_report_uri(chunks.progress_records, task_partition()))
+            pending: list[tuple] = []
+            for row, outcome in outcomes:
+                pending.append((*row, outcome.features, outcome.stage, outcome.reason, outcome.code, outcome.retryable))
+                if chunks.progress_records:
+                    reporter.add(1)
+                if len(pending) >= chunks.commit_every:
+                    yield _commit(storage, chunks, pending)
+                    pending = []
+            if pending:
                 yield _commit(storage, chunks, pending)
-                pending = []
-        if pending:
-            yield _commit(storage, chunks, pending)
-        if chunks.progress_records:
-            reporter.write()
+            if chunks.progress_records:
+                reporter.write()
 
     return featurize_task
 
@@ -240,7 +269,9 @@ def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tas
     return spark.createDataFrame(slices, TODO_SCHEMA).mapInPandas(featurize_task, COMMITTED_SCHEMA)
 
 
-def read_features(spark: SparkSession, commits: Sequence[Commit], endpoint_url: str | None) -> DataFrame:
+def read_features(
+    spark: SparkSession, commits: Sequence[Commit], endpoint_url: str | None, *, requests=None
+) -> DataFrame:
     """The features of the live commits as ``path, label, features (vector)``: one GET per part, no listing."""
     parts = [commit.features for commit in commits if commit.features]
 
@@ -248,10 +279,11 @@ def read_features(spark: SparkSession, commits: Sequence[Commit], endpoint_url: 
         import pyarrow.parquet as pq
 
         storage = Storage(endpoint_url)
-        for batch in batches:
-            for uri in batch["uri"]:
-                table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["path", "label", "features"])
-                yield table.to_pandas()
+        with counting_requests(requests):
+            for batch in batches:
+                for uri in batch["uri"]:
+                    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["path", "label", "features"])
+                    yield table.to_pandas()
 
     uris = spark.createDataFrame(
         spark.sparkContext.parallelize([(uri,) for uri in parts], numSlices=max(1, min(len(parts), 64))), "uri string"
@@ -332,7 +364,14 @@ def first_components(model: PCAModel, k: int) -> PCAModel:
 
 
 def write_projection(
-    spark: SparkSession, features: DataFrame, pca: PcaResult, *, uri: str, name: str, endpoint_url: str | None
+    spark: SparkSession,
+    features: DataFrame,
+    pca: PcaResult,
+    *,
+    uri: str,
+    name: str,
+    endpoint_url: str | None,
+    requests=None,
 ) -> list[str]:
     """Project every image on the first k components and write ``uri/part-NAME-N.parquet``, one PUT per part.
 
@@ -358,11 +397,30 @@ def write_projection(
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         part = join(uri, f"part-{name}-{TaskContext.get().partitionId():05d}.parquet")
-        Storage(endpoint_url).write_bytes(part, buffer.getvalue())
+        with counting_requests(requests):
+            Storage(endpoint_url).write_bytes(part, buffer.getvalue())
         yield pd.DataFrame({"part": [part]})
 
     arrays = features.select("path", "label", vector_to_array("features", "float32").alias("features"))
     return [row.part for row in arrays.mapInPandas(project, "part string").collect()]
+
+
+def s3a_request_counts(spark: SparkSession, uri: str) -> dict[str, int]:
+    """The request counters of Hadoop's S3A filesystem for ``uri``'s bucket, in the driver's JVM.
+
+    In local mode the executors share that JVM, so this is every s3a request of
+    the run; on a cluster, the executors' own (on other hosts) are not in it.
+    """
+    if not is_s3(uri):
+        return {}
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri.replace("s3://", "s3a://", 1))
+    statistics = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).getStorageStatistics()
+    counts = {}
+    for statistic in statistics.getLongStatistics():
+        if statistic.getValue():
+            counts[statistic.getName()] = statistic.getValue()
+    return counts
 
 
 def persist_on_disk(frame: DataFrame) -> DataFrame:

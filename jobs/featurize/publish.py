@@ -29,7 +29,7 @@ def write_pca(run: RunContext, features, pca) -> list[str]:
         previous = [f.path for f in run.storage.list_files(output)]
         name = f"{run.fingerprint}-k{pca.k}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
         parts = pipeline.write_projection(
-            run.spark, features, pca, uri=output, name=name, endpoint_url=run.fetch.endpoint_url
+            run.spark, features, pca, uri=output, name=name, endpoint_url=run.fetch.endpoint_url, requests=run.requests
         )
         run.storage.delete_many([path for path in previous if path not in parts])
         details.update(parts=len(parts))

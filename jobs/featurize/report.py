@@ -80,6 +80,45 @@ def bar_plot(values: dict[str, float], title: str, xlabel: str) -> bytes:
     return data
 
 
+def cost_section(cost: dict | None) -> str:
+    """The cost estimate, part by part (featurize.cost; docs/costs.md says how it is computed)."""
+    if not cost:
+        return ""
+    if cost.get("total_usd") is None:
+        return f"<h2>Cost of this run</h2><p>unknown: {html.escape(cost.get('error', ''))}</p>"
+    parts = cost["parts"]
+    requests = parts["s3_requests"]
+    credits = parts["cpu_credits"]
+    rows = [
+        (
+            "instance",
+            f"{parts['instance']['hours'] * 60:.1f} min of {parts['instance']['type']}"
+            f" at ${parts['instance']['usd_per_hour']}/h",
+            parts["instance"]["usd"],
+        ),
+        ("public IPv4 address", f"${parts['public_ipv4']['usd_per_hour']}/h", parts["public_ipv4"]["usd"]),
+        (
+            "CPU credits",
+            f"{credits['mode']}: {credits.get('surplus_vcpu_hours', 0)} surplus vCPU-hours",
+            credits["usd"],
+        ),
+        (
+            "S3 requests",
+            f"{requests.get('get', 0):,} GET, {requests.get('put', 0):,} PUT, " f"{requests.get('list', 0):,} LIST",
+            requests["usd"],
+        ),
+    ]
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(what)}</td><td>${usd:.4f}</td></tr>"
+        for name, what, usd in rows
+    )
+    return (
+        f"<h2>Cost of this run</h2><p>${cost['total_usd']:.4f}, estimated for {html.escape(cost['basis'])}"
+        f" (prices of {html.escape(cost['prices_date'])}); the outputs ({parts['s3_storage']['bytes']:,} bytes)"
+        f" cost ${cost['storage_usd_per_month']:.4f} a month to keep.</p><table>{body}</table>"
+    )
+
+
 def render_html(manifest: dict, images: dict[str, str], errors_by_reason: dict[str, int]) -> str:
     counts, pca, timing = manifest["counts"], manifest["pca"], manifest["timing"]
     rows = "".join(
@@ -108,6 +147,7 @@ PCA keeps k = {pca["k"]} components ({100 * pca["explained_variance_at_k"]:.1f}%
 Wall time {timing["wall_seconds"]:.1f} s, {timing["images_per_second"]} images/s.</p>
 <p>Outputs: {html.escape(manifest["output"])}</p>
 {figures}
+{cost_section(manifest.get("cost"))}
 <h2>Errors by reason</h2><table>{reasons}</table>
 <h2>Parameters and versions</h2><table>{rows}</table>
 </body></html>

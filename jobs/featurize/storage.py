@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,6 +74,27 @@ class StoredObject:
 _CLIENTS: dict[str | None, object] = {}
 _CLIENTS_LOCK = threading.Lock()
 
+# Every S3 request this process sent, retries included (each is billed), by operation name.
+_REQUESTS: Counter[str] = Counter()
+_REQUESTS_LOCK = threading.Lock()
+
+
+def _count_request(event_name: str, **_) -> None:
+    with _REQUESTS_LOCK:
+        _REQUESTS[event_name.rsplit(".", 1)[-1]] += 1
+
+
+def request_counts() -> dict[str, int]:
+    """The S3 requests this process has sent so far, by operation (GetObject, PutObject, ...)."""
+    with _REQUESTS_LOCK:
+        return dict(_REQUESTS)
+
+
+def requests_since(before: dict[str, int]) -> dict[str, int]:
+    """The requests sent since ``before`` (a result of request_counts), by operation."""
+    changed = {operation: count - before.get(operation, 0) for operation, count in request_counts().items()}
+    return {operation: count for operation, count in changed.items() if count}
+
 
 def s3_client(endpoint_url: str | None):
     """One boto3 client per process and endpoint, shared by the read-ahead threads (clients are thread-safe).
@@ -97,7 +119,9 @@ def s3_client(endpoint_url: str | None):
                 read_timeout=60,
                 s3={"addressing_style": "path" if endpoint_url else "auto"},
             )
-            _CLIENTS[endpoint_url] = session.create_client("s3", endpoint_url=endpoint_url, config=config)
+            client = session.create_client("s3", endpoint_url=endpoint_url, config=config)
+            client.meta.events.register("before-send.s3", _count_request)
+            _CLIENTS[endpoint_url] = client
         return _CLIENTS[endpoint_url]
 
 

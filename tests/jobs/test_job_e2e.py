@@ -98,6 +98,19 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
     assert all(f'src="{name}"' in page for name in pngs)
     assert manifest["outputs"]["report"] == f"{run_root}/report/report.html"
 
+    # The cost counts what the run sent to S3: a GET per image and chunk read back, PUTs for the chunks and outputs.
+    estimate = manifest["cost"]
+    requests = estimate["parts"]["s3_requests"]
+    assert estimate["basis"].startswith("not on EC2: the price of the same run on a t2.medium in ")
+    assert estimate["total_usd"] > estimate["parts"]["instance"]["usd"] > 0
+    by_operation = estimate["requests_by_operation"]
+    assert by_operation["boto3"]["GetObject"] >= len(expected_labels) + 1
+    assert requests["get"] >= by_operation["boto3"]["GetObject"] and requests["put"] > len(
+        manifest["outputs"]["commits"]
+    )
+    assert by_operation["s3a"]["object_put_request"] > 0, "Hadoop s3a requests are counted too"
+    assert "Cost of this run" in page and f"${estimate['total_usd']:.4f}" in page
+
     rerun = run_job(args, moto_endpoint)
     assert rerun.returncode == 0
     again = json.loads(s3.get_object(Bucket=bucket, Key="runs/e2e/manifest.json")["Body"].read())
