@@ -29,8 +29,10 @@ def test_the_command_line_the_playbook_and_the_roles_default_alike():
         "batch_size": GROUP_VARS["job_batch_size"],
         "pca_variance": GROUP_VARS["job_pca_variance"],
         "pca_k": GROUP_VARS["job_pca_k"] or None,  # 0: no --pca-k
+        "cpu_credits": GROUP_VARS["job_cpu_credits"],
     }
     assert playbook == {name: default(name) for name in playbook}
+    assert role_default("aws_infra", "aws_infra_cpu_credits") == default("cpu_credits"), "as the hosts are launched"
     assert role_default("model_weights", "model_weights_image_size") == default("image_size")
 
 

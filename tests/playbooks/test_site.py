@@ -239,6 +239,11 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         "stage_seconds.png",
     ]
     assert f"images {count}: {count} featurized, 0 errors, {classes} classes" in run.output
+    # The job read its instance type and region from IMDS, as on EC2, and run_job.yml printed the estimate.
+    assert manifest["cost"]["basis"] == "this instance (t2.medium, eu-west-1)"
+    assert manifest["cost"]["total_usd"] > 0
+    total = manifest["cost"]["total_usd"]
+    assert f"cost ${total:.4f} for this instance (t2.medium, eu-west-1): instance $" in run.output
     # run_job.yml showed how far the run was while it waited, from the progress object the driver publishes.
     progress = re.findall(
         rf"run {RUN_ID}: featurize running, (\d+)/{count} images \(\d+ %\), [\d.]+ images/s, ETA ", run.output

@@ -29,7 +29,7 @@ TOKEN = "fake-imds-session-token"
 PUBLIC_KEY_PATH = "/latest/meta-data/public-keys/0/openssh-key"
 
 
-def make_handler(role_name: str, assume_role, region: str, public_key):
+def make_handler(role_name: str, assume_role, region: str, public_key, instance):
     class MetadataHandler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -61,6 +61,10 @@ def make_handler(role_name: str, assume_role, region: str, public_key):
                 self.reply(200, key) if key else self.reply(404, "")
             elif self.path == "/latest/meta-data/placement/region":
                 self.reply(200, region)
+            elif self.path in ("/latest/meta-data/instance-id", "/latest/meta-data/instance-type"):
+                found = instance()
+                field = "InstanceId" if self.path.endswith("-id") else "InstanceType"
+                self.reply(200, found[field]) if found else self.reply(404, "")
             elif self.path == "/latest/dynamic/instance-identity/document":
                 self.reply(200, json.dumps({"region": region}), "application/json")
             else:
@@ -97,5 +101,11 @@ def fake_imds(moto_endpoint: str, role_name: str, key_name: str = "fruitcloud", 
         pairs = ec2.describe_key_pairs(Filters=[{"Name": "key-name", "Values": [key_name]}], IncludePublicKey=True)
         return pairs["KeyPairs"][0].get("PublicKey") if pairs["KeyPairs"] else None
 
-    with serve_on_loopback(make_handler(role_name, assume_role, region, public_key)) as url:
+    def instance() -> dict | None:
+        """The running instance launched with the key pair: the host this stand-in serves."""
+        filters = [{"Name": "key-name", "Values": [key_name]}, {"Name": "instance-state-name", "Values": ["running"]}]
+        found = [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
+        return found[0] if found else None
+
+    with serve_on_loopback(make_handler(role_name, assume_role, region, public_key, instance)) as url:
         yield url, issued
