@@ -14,6 +14,7 @@ its CLI and its tests import without them.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -150,6 +151,39 @@ def _tensorflow_version() -> str:
     return "absent"
 
 
+@contextlib.contextmanager
+def _converter_output_kept_aside():
+    """Keep the converter's few hundred lines (Keras's export summary, MLIR's notes) off the console.
+
+    They are printed by C++ and Python alike, so the process's stdout and
+    stderr file descriptors are pointed at a temporary file meanwhile; should
+    the conversion fail, its output is in the error.
+    """
+    import sys
+
+    with tempfile.TemporaryFile() as aside:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(aside.fileno(), 1)
+        os.dup2(aside.fileno(), 2)
+        try:
+            yield
+        except Exception as exc:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            aside.seek(0)
+            exc.add_note("converter output:\n" + aside.read()[-20000:].decode(errors="replace"))
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in saved:
+                os.close(descriptor)
+
+
 def converted_model(weights: str, image_size: int) -> Path:
     """The TFLite flatbuffer of keras_model(weights, image_size): converted once per host, then read from disk.
 
@@ -169,7 +203,8 @@ def converted_model(weights: str, image_size: int) -> Path:
             import tensorflow as tf
 
             _limit_tensorflow_threads(tf, 1)
-            flatbuffer = tf.lite.TFLiteConverter.from_keras_model(keras_model(weights, image_size)).convert()
+            with _converter_output_kept_aside():
+                flatbuffer = tf.lite.TFLiteConverter.from_keras_model(keras_model(weights, image_size)).convert()
             partial = path.with_suffix(f".{os.getpid()}.partial")
             partial.write_bytes(flatbuffer)
             os.replace(partial, path)
