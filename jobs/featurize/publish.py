@@ -76,6 +76,7 @@ def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str
     import numpy as np
     from pyspark.ml.functions import vector_to_array
 
+    from featurize.probe import class_separation
     from featurize.report import SCATTER_SAMPLE, build_report
 
     try:
@@ -87,8 +88,9 @@ def write_report(run: RunContext, manifest: dict, *, features, reasons: dict[str
             .select(vector_to_array("features").alias("features"), "label")
             .collect()
         )
-        components = pca.components[:, :2]
-        projected = np.array([row.features for row in sample]).reshape(len(sample), -1) @ components
+        matrix = np.array([row.features for row in sample]).reshape(len(sample), -1)
+        manifest["pca"]["class_separation"] = class_separation(matrix, [row.label for row in sample], pca.components)
+        projected = matrix @ pca.components[:, :2]
         points = [
             (float(pc[0]), float(pc[1]) if len(pc) > 1 else 0.0, row.label)
             for pc, row in zip(projected, sample, strict=True)

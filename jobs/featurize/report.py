@@ -80,6 +80,28 @@ def bar_plot(values: dict[str, float], title: str, xlabel: str) -> bytes:
     return data
 
 
+def separation_section(probe: dict | None, weights: str) -> str:
+    """Nearest-centroid accuracy on the full features and on the PCA features (featurize.probe)."""
+    if not probe:
+        return ""
+    if "skipped" in probe:
+        return f"<h2>Do the classes separate?</h2><p>Not measured: {html.escape(probe['skipped'])}.</p>"
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{dimensions}</td><td>{100 * accuracy:.1f} %</td></tr>"
+        for name, dimensions, accuracy in (
+            ("full features", probe["dimensions_full"], probe["accuracy_full"]),
+            (f"PCA, k = {probe['dimensions_pca']}", probe["dimensions_pca"], probe["accuracy_pca"]),
+        )
+    )
+    return (
+        "<h2>Do the classes separate?</h2>"
+        f"<p>{html.escape(probe['method'])}: {probe['held_out_images']} of {probe['sample_images']} sampled images"
+        f" held out, {probe['classes']} classes (chance {100 * probe['chance']:.1f} %), features of the weights"
+        f" <code>{html.escape(weights)}</code>. The drop from the first row to the second is what k costs.</p>"
+        f"<table><tr><th>features</th><th>dimensions</th><th>held-out accuracy</th></tr>{rows}</table>"
+    )
+
+
 def cost_section(cost: dict | None) -> str:
     """The cost estimate, part by part (featurize.cost; docs/costs.md says how it is computed)."""
     if not cost:
@@ -147,6 +169,7 @@ PCA keeps k = {pca["k"]} components ({100 * pca["explained_variance_at_k"]:.1f}%
 Wall time {timing["wall_seconds"]:.1f} s, {timing["images_per_second"]} images/s.</p>
 <p>Outputs: {html.escape(manifest["output"])}</p>
 {figures}
+{separation_section(pca.get("class_separation"), manifest["parameters"]["weights"])}
 {cost_section(manifest.get("cost"))}
 <h2>Errors by reason</h2><table>{reasons}</table>
 <h2>Parameters and versions</h2><table>{rows}</table>

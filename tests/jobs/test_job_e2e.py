@@ -110,6 +110,10 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
     )
     assert by_operation["s3a"]["object_put_request"] > 0, "Hadoop s3a requests are counted too"
     assert "Cost of this run" in page and f"${estimate['total_usd']:.4f}" in page
+    separation = manifest["pca"]["class_separation"]
+    assert (separation["classes"], separation["dimensions_pca"]) == (24, k)
+    assert 0 <= separation["accuracy_pca"] <= 1 and 0 <= separation["accuracy_full"] <= 1
+    assert "Do the classes separate?" in page and f"PCA, k = {k}" in page
 
     rerun = run_job(args, moto_endpoint)
     assert rerun.returncode == 0
