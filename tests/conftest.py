@@ -21,6 +21,7 @@ NEEDS = {
     "moto_endpoint": "moto",
     "podman_target_image": "container",
     "trixie_target_image": "container",
+    "browser": "browser",
 }
 
 
@@ -72,6 +73,15 @@ def podman_target_image():
 def trixie_target_image():
     """Debian 13: Python 3.13 and OpenJDK 21, neither of them the controller's (as on Ubuntu 24.04: 3.12)."""
     return standin_image("trixie")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """harness.browser.open_page, once Chromium and its driver are known to be installed (.ci/run installs them)."""
+    from harness.browser import chromium_paths, open_page
+
+    chromium_paths()
+    return open_page
 
 
 @pytest.fixture(scope="session")

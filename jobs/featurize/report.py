@@ -5,9 +5,12 @@ from __future__ import annotations
 import html
 import io
 import json
+import textwrap
 
 SCATTER_SAMPLE = 5000
 SPECTRUM_SHOWN = 100
+SCATTER_MARKERS = ("o", "^", "s", "D", "v")
+BAR_LABEL_WIDTH = 40
 
 
 def _png(figure) -> bytes:
@@ -49,14 +52,16 @@ def scatter_plot(points: list[tuple[float, float, str | None]], total: int) -> b
 
     figure, axis = plt.subplots(figsize=(7, 6))
     labels = sorted({str(label) for _, _, label in points})
-    colours = plt.get_cmap("tab20", max(len(labels), 1))
+    # tab20's 20 colours, then the same colours with another marker: every class has its own look in the legend.
+    colours = plt.get_cmap("tab20").colors
     for index, label in enumerate(labels):
         xs = [x for x, _, lab in points if str(lab) == label]
         ys = [y for _, y, lab in points if str(lab) == label]
-        axis.scatter(xs, ys, s=6, color=colours(index), label=label, alpha=0.7)
+        marker = SCATTER_MARKERS[index // len(colours) % len(SCATTER_MARKERS)]
+        axis.scatter(xs, ys, s=9, color=colours[index % len(colours)], marker=marker, label=label, alpha=0.75)
     axis.set(xlabel="PC 1", ylabel="PC 2", title=f"First two components ({len(points)} of {total} images)")
     if len(labels) <= 30:
-        axis.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+        axis.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     data = _png(figure)
     plt.close(figure)
     return data
@@ -68,9 +73,11 @@ def bar_plot(values: dict[str, float], title: str, xlabel: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(values) or ["(none)"]
+    # Long labels (error reasons) wrapped, so the plot keeps the page's width instead of growing sideways.
+    names = [textwrap.fill(str(name), BAR_LABEL_WIDTH) for name in values] or ["(none)"]
     heights = list(values.values()) or [0]
-    figure, axis = plt.subplots(figsize=(7, max(2.0, 0.28 * len(names) + 1)))
+    lines = sum(name.count("\n") + 1 for name in names)
+    figure, axis = plt.subplots(figsize=(7, max(2.0, 0.2 * lines + 0.1 * len(names) + 1)))
     axis.barh(names, heights, color="#6baed6")
     axis.invert_yaxis()
     axis.set(title=title, xlabel=xlabel)
@@ -135,8 +142,8 @@ def cost_section(cost: dict | None) -> str:
         for name, what, usd in rows
     )
     return (
-        f"<h2>Cost of this run</h2><p>${cost['total_usd']:.4f}, estimated for {html.escape(cost['basis'])}"
-        f" (prices of {html.escape(cost['prices_date'])}); the outputs ({parts['s3_storage']['bytes']:,} bytes)"
+        f"<h2>Cost of this run</h2><p>About ${cost['total_usd']:.4f}, priced as {html.escape(cost['basis'])}"
+        f" (prices of {html.escape(cost['prices_date'])}, see docs/costs.md); the outputs ({parts['s3_storage']['bytes']:,} bytes)"
         f" cost ${cost['storage_usd_per_month']:.4f} a month to keep.</p><table>{body}</table>"
     )
 
@@ -153,6 +160,17 @@ def render_html(manifest: dict, images: dict[str, str], errors_by_reason: dict[s
         )
         or "<tr><td colspan=2>no errors</td></tr>"
     )
+    codes = "".join(
+        f"<tr><td>{html.escape(code)}</td><td>{entry['images']}</td>"
+        f"<td>{'yes' if entry['retryable'] else 'no'}</td><td>{html.escape(entry['hint'] or '')}</td></tr>"
+        for code, entry in manifest.get("errors_by_code", {}).items()
+    )
+    codes_table = (
+        "<h3>Errors S3 answered, and what to do</h3><table><tr><th>code</th><th>images</th>"
+        f"<th>retried by a rerun</th><th>hint</th></tr>{codes}</table>"
+        if codes
+        else ""
+    )
     figures = "".join(
         f'<figure><img src="{name}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -160,18 +178,20 @@ def render_html(manifest: dict, images: dict[str, str], errors_by_reason: dict[s
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>fruitcloud run {html.escape(manifest["run_id"])}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td{{padding:2px 8px}}
-figure{{display:inline-block;margin:1em}}img{{max-width:440px}}</style></head><body>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em}}td,th{{padding:2px 8px}}
+th{{text-align:left}}figure{{margin:1em 0}}img{{max-width:100%;height:auto}}</style></head><body>
 <h1>Run {html.escape(manifest["run_id"])}</h1>
 <p>{counts["inputs"]} images from {html.escape(manifest["input"])}: {counts["featurized"]} featurized,
 {counts["errors"]} errors, {counts["ignored_non_images"]} non-image files ignored, {counts["classes"]} classes.
 PCA keeps k = {pca["k"]} components ({100 * pca["explained_variance_at_k"]:.1f}% of the variance).
 Wall time {timing["wall_seconds"]:.1f} s, {timing["images_per_second"]} images/s.</p>
-<p>Outputs: {html.escape(manifest["output"])}</p>
+<p>Outputs: {html.escape(manifest["output"])} (<a href="../manifest.json">manifest.json</a>, beside this
+report's folder, lists them all).</p>
 {figures}
 {separation_section(pca.get("class_separation"), manifest["parameters"]["weights"])}
 {cost_section(manifest.get("cost"))}
-<h2>Errors by reason</h2><table>{reasons}</table>
+<h2>Errors by reason</h2><table><tr><th>reason</th><th>images</th></tr>{reasons}</table>
+{codes_table}
 <h2>Parameters and versions</h2><table>{rows}</table>
 </body></html>
 """

@@ -52,7 +52,7 @@ def messy_tree(tmp_path, sample_dir):
     return root
 
 
-def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
+def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path, browser):
     out = tmp_path / "out"
     result = run_job(
         job_args(
@@ -107,6 +107,17 @@ def test_every_bad_input_is_accounted_for(spark, messy_tree, tmp_path):
         "classes": 3,
         "per_class": None,
     }
+
+    # The report as its reader sees it, at a laptop's width: every plot loads, at its own size (no
+    # shrunken text), no sideways scrolling, the link to the manifest works, the reasons are listed.
+    page = browser(out / "messy" / "report" / "report.html")
+    assert (page.broken_images, page.broken_links) == ([], [])
+    assert len(page.image_widths) == 5
+    assert all(shown >= 0.95 * natural for _, shown, natural in page.image_widths), page.image_widths
+    assert page.scroll_width <= page.viewport_width
+    for reason in ("empty file (0 bytes)", "not a recognised image format", "image too large: 3000x3000"):
+        assert reason in page.text
+    assert "Not measured: class" in page.text, "3 classes of 1 to 9 images: too few to hold a fifth out"
 
 
 @pytest.mark.slow
