@@ -143,8 +143,9 @@ def cost_section(cost: dict | None) -> str:
     )
     return (
         f"<h2>Cost of this run</h2><p>About ${cost['total_usd']:.4f}, priced as {html.escape(cost['basis'])}"
-        f" (prices of {html.escape(cost['prices_date'])}, see docs/costs.md); the outputs ({parts['s3_storage']['bytes']:,} bytes)"
-        f" cost ${cost['storage_usd_per_month']:.4f} a month to keep.</p><table>{body}</table>"
+        f" (prices of {html.escape(cost['prices_date'])}, see docs/costs.md);"
+        f" the outputs ({parts['s3_storage']['bytes']:,} bytes) cost ${cost['storage_usd_per_month']:.4f}"
+        f" a month to keep.</p><table>{body}</table>"
     )
 
 
