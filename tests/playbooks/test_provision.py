@@ -367,7 +367,13 @@ def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
     billing = boto3.client("cloudwatch", endpoint_url=endpoint, region_name="us-east-1")
     [budget] = billing.describe_alarms(AlarmNames=[f"{BUCKET}-monthly-charges"])["MetricAlarms"]
     assert (budget["Namespace"], budget["MetricName"], budget["Threshold"]) == ("AWS/Billing", "EstimatedCharges", 10.0)
-    assert (budget["Dimensions"], budget["AlarmActions"]) == ([{"Name": "Currency", "Value": "USD"}], [topic])
+    # An alarm notifies topics of its own region: the billing alarm's topic is in us-east-1, with the e-mail too.
+    billing_sns = boto3.client("sns", endpoint_url=endpoint, region_name="us-east-1")
+    [billing_topic] = [t["TopicArn"] for t in billing_sns.list_topics()["Topics"] if t["TopicArn"].endswith("-alarms")]
+    assert billing_topic.startswith("arn:aws:sns:us-east-1:")
+    [billing_subscription] = billing_sns.list_subscriptions_by_topic(TopicArn=billing_topic)["Subscriptions"]
+    assert billing_subscription["Endpoint"] == "ops@example.com"
+    assert (budget["Dimensions"], budget["AlarmActions"]) == ([{"Name": "Currency", "Value": "USD"}], [billing_topic])
 
     ec2 = client("ec2", endpoint)
     [template] = ec2.describe_launch_templates(LaunchTemplateNames=[f"{BUCKET}-spot"])["LaunchTemplates"]
@@ -398,6 +404,7 @@ def test_cost_guard_spot_hosts_and_a_new_operator_ip(fresh_aws):
     assert client("cloudwatch", endpoint).describe_alarms()["MetricAlarms"] == []
     assert billing.describe_alarms()["MetricAlarms"] == []
     assert not [t for t in client("sns", endpoint).list_topics()["Topics"] if "fruitcloud" in t["TopicArn"]]
+    assert not [t for t in billing_sns.list_topics()["Topics"] if "fruitcloud" in t["TopicArn"]]
     assert ec2.describe_launch_templates()["LaunchTemplates"] == []
 
 
