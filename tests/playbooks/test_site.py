@@ -190,6 +190,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         extra = sorted((images_dir / "Banana").glob("*.jpg"))[0]
         s3.upload_file(str(extra), BUCKET, "images/Banana/one-more.jpg")
         rerun = run_playbook("run_job.yml", inventory, {**extra_vars, "job_run_id": "latest"})
+        jupyter_only = run_playbook("configure.yml", inventory, extra_vars, "--tags", "jupyter")
         failing = run_playbook(
             "run_job.yml", inventory, {**extra_vars, "job_run_id": "broken", "job_input": f"s3a://{BUCKET}/nothing/"}
         )
@@ -261,6 +262,14 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     assert "REMOTE HOST IDENTIFICATION HAS CHANGED" in tampered.output
 
     assert f"rerunning {RUN_ID} under s3a://{BUCKET}/runs/" in rerun.output
+    # --tags jupyter touches Jupyter's tasks alone; of the other roles only what reads java_home and spark_home runs.
+    assert jupyter_only.returncode == 0 and jupyter_only.recap(HOST)["changed"] == 0, jupyter_only.output[-4000:]
+    roles_run = set(re.findall(r"^TASK \[(\w+) : ", jupyter_only.output, re.MULTILINE))
+    assert roles_run == {"java", "spark", "jupyter"}, roles_run
+    read_only = re.findall(r"^TASK \[(?:java|spark) : (.+?)\] ", jupyter_only.output, re.MULTILINE)
+    assert all(
+        name.startswith(("Load the variables", "Install Spark", "install-wheel |", "Expose")) for name in read_only
+    ), read_only
     assert (first["counts"]["featurized"], again["counts"]["featurized"]) == (count, count + 1)
     assert (again["incremental"]["featurized_now"], again["incremental"]["reused_images"]) == (1, count)
 
