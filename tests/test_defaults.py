@@ -51,3 +51,9 @@ def test_the_version_is_written_once():
     assert read_by_the_playbooks == featurize.__version__ == metadata.version("fruitcloud")
     assert GROUP_VARS["python_env_name"] == "fruitcloud-{{ fruitcloud_version }}"
     assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text()
+
+
+def test_the_inventory_and_the_playbooks_read_the_region_alike():
+    inventory = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
+    assert inventory["regions"] == [GROUP_VARS["fruitcloud_inventory_region"]]
+    assert "lookup('ansible.builtin.env', 'FRUITCLOUD_REGION'" in GROUP_VARS["fruitcloud_inventory_region"]

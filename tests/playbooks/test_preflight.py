@@ -73,6 +73,20 @@ def test_site_refuses_bad_local_inputs_before_creating_anything(moto_endpoint, s
     assert aws_resources(moto_endpoint) == before
 
 
+def test_a_region_given_with_e_alone_is_refused_before_any_aws_call(tmp_path):
+    """The inventory would look for the hosts in another region than the one they are made in."""
+    extra_vars = {"fruitcloud_aws_endpoint_url": "http://127.0.0.1:9", "fruitcloud_bucket": "fruitcloud-region-test"}
+    run = run_playbook("provision.yml", localhost_inventory(tmp_path), {**extra_vars, "fruitcloud_region": "us-east-1"})
+    said = " ".join(run.output.split())
+    assert run.returncode != 0 and run.recap()["failed"] == 1
+    assert "fruitcloud_region is us-east-1 but the inventory looks for hosts in eu-west-1" in said
+    assert "export FRUITCLOUD_REGION=us-east-1" in said
+    moved = run_playbook(
+        "provision.yml", localhost_inventory(tmp_path), extra_vars, "--check", env={"FRUITCLOUD_REGION": "us-east-1"}
+    )
+    assert "fruitcloud_region is" not in moved.output, "the region from the environment is the inventory's too"
+
+
 @pytest.mark.parametrize("playbook", ["provision.yml", "teardown.yml", "upload_images.yml", "power.yml", "run_job.yml"])
 def test_a_playbook_without_a_bucket_name_says_how_to_give_one_before_any_aws_call(playbook, sample_dir, tmp_path):
     # Nothing listens on port 9: a call to AWS would fail with a connection error, not with this message.

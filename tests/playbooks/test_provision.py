@@ -70,7 +70,7 @@ def allowed(policy: dict, action: str, resource: str) -> bool:
     return "Allow" in effects and "Deny" not in effects
 
 
-def list_inventory(endpoint, directory) -> dict:
+def list_inventory(endpoint, directory, env: dict[str, str] | None = None) -> dict:
     """The repository's aws_ec2 inventory pointed at moto, listed as a user of this deployment lists it."""
     inventory_file = directory / "test.aws_ec2.yml"
     config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
@@ -84,12 +84,34 @@ def list_inventory(endpoint, directory) -> dict:
             "-e",
             f"fruitcloud_bucket={BUCKET}",
         ],
-        env=ansible_env(),
+        env=ansible_env(env),
         capture_output=True,
         text=True,
         check=True,
     )
     return json.loads(listed.stdout)
+
+
+def test_the_inventory_looks_in_the_region_the_playbooks_use(fresh_aws):
+    """FRUITCLOUD_REGION moves the playbooks and the inventory alike; an inventory cannot read -e."""
+    endpoint, directory = fresh_aws
+    for region in ("eu-west-1", "us-east-1"):
+        ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=region)
+        tags = {
+            "project": "fruitcloud",
+            "deployment": BUCKET,
+            "Name": f"{region}-master",
+            "spark_group": "spark_master",
+        }
+        ec2.run_instances(
+            ImageId=ec2.describe_images()["Images"][0]["ImageId"],
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+        )
+    assert list_inventory(endpoint, directory)["spark_master"]["hosts"] == ["eu-west-1-master"]
+    moved = list_inventory(endpoint, directory, {"FRUITCLOUD_REGION": "us-east-1"})
+    assert moved["spark_master"]["hosts"] == ["us-east-1-master"]
 
 
 def test_provision_creates_everything_with_the_right_properties(fresh_aws):
