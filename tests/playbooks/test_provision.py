@@ -11,7 +11,7 @@ import pytest
 import yaml
 from support.ansible_helpers import REPO, ansible_env, fake_ubuntu_amis, localhost_inventory, run_playbook
 
-from harness.moto import moto_server
+from harness.moto import iam_enforced, moto_server
 
 pytestmark = pytest.mark.moto
 
@@ -608,3 +608,66 @@ def test_provision_refuses_to_take_over_what_it_did_not_create(fresh_aws):
     [key] = ec2.describe_key_pairs(KeyNames=[BUCKET])["KeyPairs"]
     assert (key["KeyFingerprint"], key["KeyType"]) == (theirs, "rsa"), "an adopted key pair is used, never replaced"
     assert iam.list_role_policies(RoleName=ROLE)["PolicyNames"] == [f"{BUCKET}-s3"]
+
+
+def operator_policy(deployment: str = BUCKET) -> dict:
+    """docs/operator-policy.json for this deployment (named after its bucket), as docs/aws.md says to fill it in."""
+    text = (REPO / "docs" / "operator-policy.json").read_text()
+    return json.loads(text.replace("${BUCKET}", BUCKET).replace("${DEPLOYMENT}", deployment))
+
+
+def as_moto_checks(policy: dict, dropped: str | None = None) -> dict:
+    """The policy as moto can enforce it: moto checks IAM and EC2 actions against the resource "*" only and names
+    CloudWatch's actions "monitoring:"; S3 it checks with the real ARNs. ``dropped`` is removed, as a control."""
+    statements = []
+    for statement in policy["Statement"]:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else list(statement["Action"])
+        actions = [action for action in actions if action != dropped]
+        actions += [
+            action.replace("cloudwatch:", "monitoring:") for action in actions if action.startswith("cloudwatch:")
+        ]
+        resource = statement["Resource"] if any(a.startswith("s3:") for a in actions) else "*"
+        statements.append({**statement, "Action": actions, "Resource": resource})
+    return {**policy, "Statement": statements}
+
+
+def test_the_operator_policy_in_the_docs_is_enough_to_provision_and_tear_down(fresh_aws):
+    """docs/aws.md's operator policy under moto's IAM enforcement: provision (alarms, e-mail and budget topics
+    included) and teardown pass; without RunInstances provision fails, so the enforcement is real."""
+    endpoint, directory = fresh_aws
+    inventory = localhost_inventory(directory)
+    options = provision_vars(
+        endpoint, directory, aws_infra_alarm_email="ops@example.com", aws_infra_monthly_budget_usd=10
+    )
+    policy = operator_policy()
+    with iam_enforced(endpoint, as_moto_checks(policy, dropped="ec2:RunInstances"), BUCKET, "operator-0") as keys:
+        denied = run_playbook("provision.yml", inventory, options, env=keys)
+    with iam_enforced(endpoint, as_moto_checks(policy), BUCKET, "operator") as keys:
+        up = run_playbook("provision.yml", inventory, options, env=keys)
+        down = run_playbook("teardown.yml", inventory, {**options, "teardown_bucket": True}, env=keys)
+    assert denied.returncode != 0 and "AccessDenied) when calling the RunInstances operation" in denied.output
+    assert up.returncode == 0, up.output[-4000:]
+    assert down.returncode == 0, down.output[-4000:]
+    assert (
+        client("ec2", endpoint).describe_instances(
+            Filters=[{"Name": "instance-state-name", "Values": ["running", "pending", "stopped"]}]
+        )["Reservations"]
+        == []
+    )
+    # What moto cannot check, evaluated as AWS would: the IAM grants reach this deployment's role and profile only.
+    account = "123456789012"
+    for action, resource in [
+        ("iam:CreateRole", f"arn:aws:iam::{account}:role/{BUCKET}-host"),
+        ("iam:PassRole", f"arn:aws:iam::{account}:role/{BUCKET}-host"),
+        ("iam:AddRoleToInstanceProfile", f"arn:aws:iam::{account}:instance-profile/{BUCKET}-host"),
+        ("s3:PutBucketPolicy", f"arn:aws:s3:::{BUCKET}"),
+        ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/images/Apple/1.jpg"),
+    ]:
+        assert allowed(policy, action, resource), (action, resource)
+    for action, resource in [
+        ("iam:PutRolePolicy", f"arn:aws:iam::{account}:role/Administrator"),
+        ("iam:PassRole", f"arn:aws:iam::{account}:role/other-deployment-host"),
+        ("s3:DeleteBucket", "arn:aws:s3:::someone-elses-bucket"),
+        ("s3:GetObject", "arn:aws:s3:::someone-elses-bucket/secret.csv"),
+    ]:
+        assert not allowed(policy, action, resource), (action, resource)
