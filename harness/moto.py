@@ -30,8 +30,8 @@ def free_port() -> int:
 
 
 def moto_command() -> list[str]:
-    """moto_server, with the S3 listing fix of harness.moto_s3_listing."""
-    return [sys.executable, "-m", "harness.moto_s3_listing"]
+    """moto_server, answering as AWS where harness.moto_as_aws says it does not."""
+    return [sys.executable, "-m", "harness.moto_as_aws"]
 
 
 @contextmanager

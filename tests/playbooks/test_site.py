@@ -59,7 +59,9 @@ def images(sample_dir, tmp_path) -> tuple[Path, int, int]:
 def aws(tmp_path):
     amis = tmp_path / "amis.json"
     amis.write_text(json.dumps(fake_ubuntu_amis()))
-    with moto_server(extra_env={"MOTO_AMIS_PATH": str(amis)}) as endpoint:
+    # Instances' consoles: what the stand-in prints at boot, as EC2 serves it.
+    console = tmp_path / "console"
+    with moto_server(extra_env={"MOTO_AMIS_PATH": str(amis), "MOTO_CONSOLE_DIR": str(console)}) as endpoint:
         yield endpoint
 
 
@@ -152,7 +154,9 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     }
     with (
         fake_imds(endpoint, role_name=f"{BUCKET}-host", key_name=BUCKET) as (imds_url, issued_keys),
-        ec2_standin(podman_target_image, HOST, imds_url, tmp_path / "standin") as port,
+        ec2_standin(
+            podman_target_image, HOST, imds_url, tmp_path / "standin", console_dir=tmp_path / "console"
+        ) as port,
     ):
         inventory = flow_inventory(tmp_path, endpoint, port, test_weights)
         extra_vars["job_environment"] = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url}
@@ -162,11 +166,19 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         recap = run.recap(HOST)
         assert (recap["failed"], recap["unreachable"]) == (0, 0)
 
-        # The host key was recorded on first contact, under the instance id (not the address), and is
-        # what the host presents now.
+        # Before the first connection the host's keys were read from its console (EC2's GetConsoleOutput,
+        # where the stand-in printed them at boot as cloud-init does) and recorded under the instance id
+        # (not the address); every connection since checked them strictly.
         alias = instance_id(endpoint, HOST)
         recorded = subprocess.run(["ssh-keygen", "-F", alias, "-f", str(known_hosts)], capture_output=True, text=True)
         assert recorded.returncode == 0 and "ssh-ed25519" in recorded.stdout, known_hosts.read_text()
+        printed = (tmp_path / "console" / f"{HOST}.log").read_text()
+        console_keys = {
+            " ".join(line.split()[:2]) for line in printed.splitlines() if line.startswith(("ssh-", "ecdsa-"))
+        }
+        known_keys = {" ".join(line.split()[1:3]) for line in recorded.stdout.splitlines() if not line.startswith("#")}
+        assert known_keys == console_keys and len(console_keys) >= 2, (known_keys, console_keys)
+        assert "TASK [pin_host_keys | Read the host keys from the instance's console" in run.output
         # The job ran as the unprivileged account, which owns its log; ubuntu only reached it through sudo.
         owners = ssh(
             port, key, known_hosts, alias, f"sudo -n stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log"
@@ -246,10 +258,11 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     total = manifest["cost"]["total_usd"]
     assert f"cost ${total:.4f} for this instance (t2.medium, eu-west-1): instance $" in run.output
     # run_job.yml showed how far the run was while it waited, from the progress object the driver publishes.
-    progress = re.findall(
-        rf"run {RUN_ID}: featurize running, (\d+)/{count} images \(\d+ %\), [\d.]+ images/s, ETA ", run.output
-    )
+    # (The YAML callback folds long messages: compare with the whitespace collapsed.)
+    said = " ".join(run.output.split())
+    progress = re.findall(rf"run {RUN_ID}: featurizing, (\d+)/{count} images \(\d+ %\), [\d.]+ images/s, ETA ", said)
     assert len(progress) >= 2 and int(progress[-1]) > 0, run.output[-6000:]
+    assert f"run {RUN_ID}: featurized {count}/{count} images (100 %) at " in said
     assert "FAILED - RETRYING" not in run.output
 
     # Stop and start: moto changes the state; the started host is found again by the refreshed

@@ -28,8 +28,19 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def ec2_standin(image: str, name: str, imds_url: str, settings_dir: Path, os_release: Path | None = None):
-    """Boot a stand-in host; yield the loopback port its sshd listens on."""
+def ec2_standin(
+    image: str,
+    name: str,
+    imds_url: str,
+    settings_dir: Path,
+    os_release: Path | None = None,
+    console_dir: Path | None = None,
+):
+    """Boot a stand-in host; yield the loopback port its sshd listens on.
+
+    ``console_dir`` plays its serial console: it writes ``<name>.log`` there at boot, as moto serves it
+    (harness.moto_as_aws, MOTO_CONSOLE_DIR).
+    """
     port = free_port()
     settings_dir.mkdir(parents=True, exist_ok=True)
     (settings_dir / "imds_url").write_text(imds_url)
@@ -41,6 +52,9 @@ def ec2_standin(image: str, name: str, imds_url: str, settings_dir: Path, os_rel
         volumes.append(f"{CA_CERTIFICATES}:/usr/local/share/ca-certificates:ro")
     if os_release is not None:
         volumes.append(f"{os_release}:/etc/os-release:ro")
+    if console_dir is not None:
+        console_dir.mkdir(parents=True, exist_ok=True)
+        volumes.append(f"{console_dir}:/var/lib/ec2-standin-console:rw")
     podman("rm", "--force", name)
     podman(
         "run",

@@ -4,7 +4,9 @@
 Creates the default user `ubuntu` with passwordless sudo, generates this
 host's SSH host keys, and installs the key pair's public key as ubuntu's only
 authorized key, read from the instance metadata service (IMDSv2), which serves
-it once provision.yml has created the key pair. sshd starts only after this
+it once provision.yml has created the key pair. It prints the host keys as
+cloud-init does to the serial console (a folder the test hands to moto's
+GetConsoleOutput). sshd starts only after this
 unit (ssh.service drop-in), on the loopback port the test assigned.
 """
 
@@ -40,6 +42,16 @@ def wait_for_public_key(base: str) -> str:
             time.sleep(1)
 
 
+def print_host_keys_to_console() -> None:
+    """cloud-init's block on the serial console, which EC2's GetConsoleOutput serves (moto: MOTO_CONSOLE_DIR)."""
+    console = pathlib.Path("/var/lib/ec2-standin-console")
+    if not console.is_dir():
+        return
+    keys = [path.read_text().strip() for path in sorted(pathlib.Path("/etc/ssh").glob("ssh_host_*_key.pub"))]
+    block = ["-----BEGIN SSH HOST KEY KEYS-----", *keys, "-----END SSH HOST KEY KEYS-----"]
+    (console / f"{os.uname().nodename}.log").write_text("cloud-init: booted\n" + "\n".join(block) + "\n")
+
+
 def main() -> None:
     base = (SETTINGS / "imds_url").read_text().strip()
     port = (SETTINGS / "ssh_port").read_text().strip()
@@ -53,6 +65,7 @@ def main() -> None:
     sudoers.write_text("ubuntu ALL=(ALL) NOPASSWD:ALL\n")
     sudoers.chmod(0o440)
     subprocess.run(["ssh-keygen", "-A"], check=True, capture_output=True)
+    print_host_keys_to_console()
     pathlib.Path("/etc/ssh/sshd_config.d/ec2-standin.conf").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin no\n"
