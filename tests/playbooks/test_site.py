@@ -261,7 +261,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     # (The YAML callback folds long messages: compare with the whitespace collapsed.)
     said = " ".join(run.output.split())
     progress = re.findall(rf"run {RUN_ID}: featurizing, (\d+)/{count} images \(\d+ %\), [\d.]+ images/s, ETA ", said)
-    assert len(progress) >= 2 and int(progress[-1]) > 0, run.output[-6000:]
+    # (Tasks report their counts every 5 s: a stage of a few seconds may show 0 until it ends.)
+    assert len(progress) >= 2, run.output[-6000:]
     assert f"run {RUN_ID}: featurized {count}/{count} images (100 %) at " in said
     assert "FAILED - RETRYING" not in run.output
 
