@@ -13,6 +13,7 @@ from dataclasses import fields
 from datetime import datetime, timezone
 
 from featurize.config import JobConfig, default
+from featurize.cost import load_prices
 from featurize.errors import JobError, UnreadInputsError
 from featurize.images import IMAGE_EXTENSIONS
 from featurize.model import FEATURE_DIM, RUNTIMES, check_weights
@@ -188,6 +189,14 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
             f"{args.batch_size * args.image_size**2 * 3.5e6 / 224**2 / 2**30:.1f} GiB of CNN activations per task; "
             f"a 4 GB host holds at most {largest} at this size"
         )
+    if args.prices:
+        try:
+            load_prices(args.prices)
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            parser.error(
+                f"--prices {args.prices}: not a price table ({exc}); expected JSON such as "
+                '{"eu-west-1": {"instance_hour": {"m7i.large": 0.1058}}} (docs/costs.md)'
+            )
     return JobConfig(**{field.name: getattr(args, field.name) for field in fields(JobConfig)})
 
 

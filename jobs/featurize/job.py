@@ -47,6 +47,8 @@ ARROW_BATCH_ROWS = 1024
 
 
 def prepare(spark, config: JobConfig) -> RunContext:
+    from featurize.pipeline import RequestCountsParam
+
     conf = spark.sparkContext.getConf()
     endpoint = conf.get("spark.hadoop.fs.s3a.endpoint", None)
     settings = FeaturizeSettings(
@@ -62,8 +64,6 @@ def prepare(spark, config: JobConfig) -> RunContext:
     # Spark's 10,000 rows would hold 50 MB of features per batch, tiny batches cost calls.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(ARROW_BATCH_ROWS))
     storage = Storage(endpoint)
-    from featurize.pipeline import RequestCountsParam
-
     return RunContext(
         spark=spark,
         config=config,

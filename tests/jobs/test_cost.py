@@ -8,6 +8,7 @@ import os
 import pytest
 import yaml
 from featurize import cost
+from featurize.cli import parse_args
 from featurize.cost import Instance
 from support.ansible_helpers import REPO
 
@@ -113,3 +114,22 @@ def test_provision_prints_the_same_hourly_prices_the_job_charges():
     assert role_vars["__aws_infra_hourly_instance_usd"] == cost.DEFAULT_PRICES["eu-west-1"]["instance_hour"]
     assert role_vars["__aws_infra_prices_date"] == cost.PRICES_DATE
     assert role_vars["__aws_infra_s3_gb_month_usd"] == cost.DEFAULT_PRICES["eu-west-1"]["s3_gb_month"]
+
+
+@pytest.mark.parametrize("content", ["not json", "[1, 2]", '{"eu-west-1": 5}'])
+def test_a_price_file_that_is_no_table_is_refused_before_the_run(tmp_path, capsys, content):
+    prices = tmp_path / "prices.json"
+    prices.write_text(content)
+    with pytest.raises(SystemExit):
+        parse_args(["--input", "s3a://b/images/", "--output", "s3a://b/runs/", "--prices", str(prices)])
+    assert f"--prices {prices}: not a price table" in capsys.readouterr().err
+
+
+def test_an_estimate_that_fails_is_said_and_does_not_fail_the_run():
+    from types import SimpleNamespace
+
+    from featurize.manifest import run_cost
+
+    estimate = run_cost(SimpleNamespace())
+    assert estimate["total_usd"] is None and estimate["error"].startswith("the estimate failed: ")
+    assert cost.summary_line(estimate).startswith("cost: unknown (the estimate failed: ")
