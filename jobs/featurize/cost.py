@@ -94,17 +94,15 @@ class Instance:
 
 
 def this_instance() -> Instance:
-    """The instance type and region from IMDS; off EC2, the reference type in the configured region."""
+    """The instance type and region from IMDS; off EC2, the reference type in the configured region.
+
+    Off EC2 the metadata service is asked once: a second question would only wait out its timeout again.
+    """
+    configured = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     instance_type = imds_get("instance-type")
-    region = (
-        imds_get("placement/region")
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or DEFAULT_REGION
-    )
     if instance_type:
-        return Instance(instance_type, region, on_ec2=True)
-    return Instance(REFERENCE_INSTANCE, region, on_ec2=False)
+        return Instance(instance_type, imds_get("placement/region") or configured, on_ec2=True)
+    return Instance(REFERENCE_INSTANCE, configured, on_ec2=False)
 
 
 def busy_cpu_seconds(stat_path: str = "/proc/stat") -> float | None:
@@ -182,7 +180,7 @@ def estimate(
     parts: dict[str, dict] = {
         "instance": {"type": instance.type, "hours": round(hours, 4), "usd_per_hour": hourly},
         "public_ipv4": {"hours": round(hours, 4), "usd_per_hour": table.get("public_ipv4_hour")},
-        "s3_requests": {**{name: count for name, count in requests.items() if count}},
+        "s3_requests": {name: count for name, count in requests.items() if count},
         "s3_storage": {"bytes": stored_bytes, "usd_per_gb_month": table.get("s3_gb_month")},
     }
     busy_hours = None if busy_vcpu_seconds is None else busy_vcpu_seconds / 3600

@@ -133,7 +133,7 @@ def cost_section(cost: dict | None) -> str:
         ),
         (
             "S3 requests",
-            f"{requests.get('get', 0):,} GET, {requests.get('put', 0):,} PUT, " f"{requests.get('list', 0):,} LIST",
+            f"{requests.get('get', 0):,} GET, {requests.get('put', 0):,} PUT, {requests.get('list', 0):,} LIST",
             requests["usd"],
         ),
     ]
