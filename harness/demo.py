@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import boto3
-from featurize.cost import summary_line
 
 from harness.launcher import calibrated_weights, job_args, read_manifest, run_job, sample_images, upload_tree
 from harness.moto import TEST_CREDENTIALS, moto_server
@@ -39,7 +38,7 @@ def print_summary(manifest: dict, weights: str) -> None:
     print(f"throughput     {timing['images_per_second']} images/s, wall {timing['wall_seconds']:.1f}s")
     print(f"stages (s)     {json.dumps(timing['stages_seconds'])}")
     print(f"weights        {weights}")
-    print(f"cost           {summary_line(manifest['cost']).removeprefix('cost ')}")
+    print(f"cost           {manifest['cost']['summary'].removeprefix('cost ')}")
 
 
 def print_outputs(s3) -> None:

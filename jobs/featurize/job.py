@@ -29,7 +29,6 @@ from featurize.commits import (
 )
 from featurize.config import JobConfig
 from featurize.context import RunContext
-from featurize.cost import summary_line
 from featurize.errors import JobError, UnreadInputsError
 from featurize.fetch import FetchSettings
 from featurize.fingerprint import settings_fingerprint
@@ -283,7 +282,7 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
         manifest["timing"]["images_per_second"] or 0.0,
         run.manifest_uri,
     )
-    log.info("%s", summary_line(manifest["cost"]))
+    log.info("%s", manifest["cost"]["summary"])
     if counts.retryable_errors:
         raise UnreadInputsError(unread_message(run, counts, codes))
     return manifest

@@ -162,10 +162,12 @@ def run_cost(run: RunContext) -> dict:
     An estimate that cannot be made says why; it never fails a run whose outputs are written.
     """
     try:
-        return _estimate_cost(run)
+        estimate = _estimate_cost(run)
     except Exception as exc:  # informational: the data outputs are complete, the run must not fail here
         log.warning("no cost estimate: %s", exc)
-        return {"basis": "none", "total_usd": None, "error": f"the estimate failed: {exc}"}
+        estimate = {"basis": "none", "total_usd": None, "error": f"the estimate failed: {exc}"}
+    # The one wording of the estimate: the job's log, run_job.yml and the demo print this line.
+    return {**estimate, "summary": cost.summary_line(estimate)}
 
 
 def _estimate_cost(run: RunContext) -> dict:

@@ -62,17 +62,22 @@ class Snapshot:
     def eta_s(self) -> float | None:
         return (self.total - self.done) / self.rate if self.rate > 0 else None
 
-    def line(self) -> str:
-        eta = "unknown" if self.eta_s is None else f"{self.eta_s:.0f} s"
+    def line(self, state: str = "running") -> str:
+        """The line the driver logs and run_job.yml prints at each poll, for a stage in ``state``."""
         percent = 100 * self.done / self.total if self.total else 100.0
-        return (
-            f"progress {self.done:,}/{self.total:,} images ({percent:.0f} %), " f"{self.rate:.1f} images/s, ETA {eta}"
-        )
+        counts = f"{self.done:,}/{self.total:,} images ({percent:.0f} %)"
+        if state == "featurized":
+            return f"featurized {counts} at {self.rate:.1f} images/s; PCA and the report next"
+        if state == "failed":
+            return f"the featurize stage failed at {counts}"
+        eta = "unknown" if self.eta_s is None else f"{self.eta_s:.0f} s"
+        return f"featurizing, {counts}, {self.rate:.1f} images/s, ETA {eta}"
 
     def document(self, state: str) -> dict:
         return {
             **asdict(self),
             "state": state,
+            "line": self.line(state),
             "images_per_second": round(self.rate, 2),
             "eta_seconds": None if self.eta_s is None else round(self.eta_s, 1),
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

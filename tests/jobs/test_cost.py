@@ -132,4 +132,4 @@ def test_an_estimate_that_fails_is_said_and_does_not_fail_the_run():
 
     estimate = run_cost(SimpleNamespace())
     assert estimate["total_usd"] is None and estimate["error"].startswith("the estimate failed: ")
-    assert cost.summary_line(estimate).startswith("cost: unknown (the estimate failed: ")
+    assert estimate["summary"].startswith("cost: unknown (the estimate failed: ")

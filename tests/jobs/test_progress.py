@@ -58,12 +58,13 @@ def test_the_driver_sums_the_tasks_logs_each_tenth_with_an_eta_and_publishes_it(
         clock.now += 1.0
         quiet = watcher.step()
     assert (first.done, second.done, quiet.done) == (50, 60, 60)
-    assert first.line() == "progress 50/200 images (25 %), 5.0 images/s, ETA 30 s"
+    assert first.line() == "featurizing, 50/200 images (25 %), 5.0 images/s, ETA 30 s"
     lines = [record.getMessage() for record in caplog.records]
     assert lines == [first.line(), second.line()], "a line when another tenth is done, none in between"
     published = json.loads(storage.read_bytes(join(run, PROGRESS_OBJECT)))
     assert (published["done"], published["total"], published["state"]) == (60, 200, "running")
     assert published["eta_seconds"] == 35.0
+    assert published["line"] == second.line() == "featurizing, 60/200 images (30 %), 4.0 images/s, ETA 35 s"
 
 
 def test_a_quiet_stretch_still_logs_every_30_seconds_and_the_end_is_published(tmp_path, caplog):
@@ -78,7 +79,22 @@ def test_a_quiet_stretch_still_logs_every_30_seconds_and_the_end_is_published(tm
         clock.now += 1.0
         watcher.step()
     assert [record.getMessage() for record in caplog.records] == [
-        "progress 0/1,000 images (0 %), 0.0 images/s, ETA unknown"
+        "featurizing, 0/1,000 images (0 %), 0.0 images/s, ETA unknown"
     ]
     published = json.loads(storage.read_bytes(join(run, PROGRESS_OBJECT)))
     assert (published["done"], published["state"], published["eta_seconds"]) == (1000, "featurized", 0.0)
+    assert published["line"] == "featurized 1,000/1,000 images (100 %) at 33.3 images/s; PCA and the report next"
+
+
+def test_a_failed_stage_publishes_where_it_stopped(tmp_path):
+    clock, storage = Clock(), Storage()
+    run, records = tmp_path.as_uri(), join(tmp_path.as_uri(), "_progress", "t0")
+    task = TaskReporter(storage, task_report_uri(records, 0), every_s=0.0, clock=clock)
+    watcher = ProgressWatcher(storage, run, records, total=400, poll_s=3600, clock=clock).__enter__()
+    task.add(100)
+    clock.now += 10.0
+    watcher.step()
+    watcher.__exit__(RuntimeError, RuntimeError("an executor died"), None)
+    published = json.loads(storage.read_bytes(join(run, PROGRESS_OBJECT)))
+    assert (published["done"], published["state"]) == (100, "failed")
+    assert published["line"] == "the featurize stage failed at 100/400 images (25 %)"
