@@ -58,5 +58,10 @@ test-fast: lint venv jars ## Linters plus the job's unit and end-to-end tests (a
 clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache
 
-bench: venv jars ## Benchmark: limit vs ours vs the notebook pipeline, scaling, memory (writes bench/results/)
+$(BIN)/.bench-installed: $(BIN)/.installed requirements/bench.txt
+	$(BIN)/pip install --quiet -r requirements/bench.txt
+	touch $@
+
+bench: venv jars $(BIN)/.bench-installed ## Benchmark: CNN runtimes, limit vs ours vs the notebook pipeline, scaling, memory (writes bench/results/)
+	$(BIN)/python -m bench.runtimes
 	$(BIN)/python -m bench.run_bench
