@@ -81,7 +81,6 @@ def check_locations(run: RunContext) -> None:
     for uri in (run.config.input, run.config.output):
         run.storage.check_bucket(uri)
     run.storage.check_writable(run.run_uri)
-    check_spark_writes(run.spark, run.storage, run.run_uri)
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,11 @@ def execute(spark, config: JobConfig) -> dict:
     """Run the pipeline and return the manifest it wrote (or the unchanged one, when nothing changed)."""
     context = prepare(spark, config)
     check_locations(context)
+    # Started once boto3 is loaded (see WarmUp), so that the workers' start and model load (about
+    # 3 s) overlap the s3a check and the listing.
     context.warm_up = WarmUp(spark, context.settings)
     try:
+        check_spark_writes(context.spark, context.storage, context.run_uri)
         inputs = list_inputs(context)
         lock = RunLock(
             context.storage, context.run_uri, ttl=timedelta(hours=config.lock_ttl_hours), break_lock=config.break_lock
@@ -252,8 +254,9 @@ def finish(run: RunContext, inputs: Inputs, *, plan: Plan, live: list[Commit]) -
     model_save = None
     try:
         pca = fit_pca(run, features)
-        pca_parts = write_pca(run, features, pca)
+        # Saved in a thread from here on: its s3a writes (seconds over S3) overlap the projection and the report.
         model_save = ModelSave(run, pca)
+        pca_parts = write_pca(run, features, pca)
         manifest = run_manifest(run, plan=plan, live=live, counts=counts, pca=pca, pca_parts=pca_parts)
         manifest["errors_by_code"] = codes
         if counts.retryable_errors:

@@ -30,6 +30,7 @@ class WarmUp:
         # by pyspark.ml, escapes Python's import locks).
         frame = warm_up_frame(spark, settings)
         self.spark = spark
+        self.cancelled = False
         self.workers = 0
         self.seconds = 0.0
         self._thread = InheritableThread(target=self._run, args=(frame,), daemon=True)
@@ -41,6 +42,8 @@ class WarmUp:
         try:
             self.workers = len(frame.collect())
         except Exception as exc:  # the featurize stage raises the real error, with its context
+            if self.cancelled:
+                return
             log.warning("warming up the Python workers failed; the featurize tasks build the model: %s", exc)
         self.seconds = time.perf_counter() - started
 
@@ -50,5 +53,6 @@ class WarmUp:
     def cancel(self) -> None:
         """Stop the warm-up if it still runs (a run that failed early); Spark warns about a finished group."""
         if self._thread.is_alive():
+            self.cancelled = True
             self.spark.sparkContext.cancelJobGroup(self.GROUP)
         self._thread.join()
