@@ -37,7 +37,7 @@ def write_pca(run: RunContext, features, pca) -> list[str]:
 
 
 class ModelSave:
-    """Saves pca_model in a thread: a few small s3a writes (seconds over S3), overlapped with the projection and the report."""
+    """Saves pca_model in a thread: a few small s3a writes (seconds over S3), overlapping the projection and report."""
 
     def __init__(self, run: RunContext, pca):
         from pyspark import InheritableThread
