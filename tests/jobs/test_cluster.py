@@ -24,10 +24,12 @@ SECRET = "0f" * 32
 
 
 def spark_daemon(kind: str, tmp_path: Path, name: str, *args: str, secret: str | None) -> subprocess.Popen:
-    """A standalone master or worker, with spark.authenticate and ``secret`` in its properties (or none)."""
+    """A standalone master or worker as the spark role configures it: authenticated with ``secret`` (or none),
+    its traffic encrypted."""
     properties = tmp_path / f"{name}.conf"
     properties.write_text(
-        f"spark.authenticate true\nspark.authenticate.secret {secret}\n" if secret else "spark.authenticate true\n"
+        "spark.authenticate true\nspark.network.crypto.enabled true\n"
+        + (f"spark.authenticate.secret {secret}\n" if secret else "")
     )
     env = {
         **os.environ,
@@ -162,6 +164,7 @@ def test_cluster_run_equals_local_run(spark, s3, bucket, moto_endpoint, sample_d
                 "spark.pyspark.python": sys.executable,
                 "spark.authenticate": "true",
                 "spark.authenticate.secret": SECRET,
+                "spark.network.crypto.enabled": "true",
             },
         ).returncode
         == 0
