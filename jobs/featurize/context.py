@@ -54,6 +54,8 @@ class RunContext:
     warm_up: WarmUp | None = None
     lock: RunLock | None = None
     models_built_by_featurize: int = 0
+    # Images featurized by this run's featurize stage, per executor host.
+    featurized_by_host: dict[str, int] = field(default_factory=dict)
     worker_cpu_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "cnn": 0.0})
     # For the cost estimate: the host's busy CPU when the run began, and the tasks' S3 requests
     # (a Spark accumulator of pipeline.RequestCountsParam; the driver's own are storage.request_counts()).

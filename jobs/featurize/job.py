@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -221,6 +222,10 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         ]
     )
     run.worker_cpu_seconds = {"decode": decode_seconds.value, "cnn": cnn_seconds.value}
+    by_host: Counter[str] = Counter()
+    for row in committed:
+        by_host[row.host] += row.featurized
+    run.featurized_by_host = dict(sorted(by_host.items()))
     run.models_built_by_featurize = models_built.value
 
 

@@ -65,6 +65,11 @@ def library_versions() -> dict[str, str]:
         "pyarrow": pyarrow.__version__,
         "pillow": PIL.__version__,
     }
+    # The CNN runtime's version: the converted model runs on it.
+    try:
+        versions["ai-edge-litert"] = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        versions["ai-edge-litert"] = "not installed on the driver"
     # Read from the package metadata: importing TensorFlow would cost the driver ~0.5 GB.
     for distribution in ("tensorflow-cpu", "tensorflow"):
         try:
@@ -234,6 +239,7 @@ def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Cou
         timing={
             "stages_seconds": run.clock.seconds,
             "worker_cpu_seconds": run.worker_cpu_seconds,
+            "featurized_by_host": run.featurized_by_host,
             "warm_up": {
                 "python_workers": run.warm_up.workers,
                 "seconds": round(run.warm_up.seconds, 3),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ COMMITTED_SCHEMA = T.StructType(
         T.StructField("featurized", T.LongType()),
         T.StructField("errors", T.LongType()),
         T.StructField("retryable", T.LongType()),
+        # Where the images were featurized: the executor host.
+        T.StructField("host", T.StringType()),
     ]
 )
 FEATURES_SCHEMA = T.StructType(
@@ -238,7 +241,13 @@ def _commit(storage: Storage, chunks: ChunkSettings, pending: list[tuple]) -> pd
     failed = int(rows["reason"].notna().sum())
     retryable = sum(1 for *_, kind in commit.rows if kind == RETRY)
     return pd.DataFrame(
-        {"commit": [commit.uri], "featurized": [len(rows) - failed], "errors": [failed], "retryable": [retryable]}
+        {
+            "commit": [commit.uri],
+            "featurized": [len(rows) - failed],
+            "errors": [failed],
+            "retryable": [retryable],
+            "host": [socket.gethostname()],
+        }
     )
 
 

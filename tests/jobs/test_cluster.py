@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -172,6 +173,8 @@ def test_cluster_run_equals_local_run(spark, s3, bucket, moto_endpoint, sample_d
 
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/cluster/manifest.json")["Body"].read())
     assert manifest["parameters"]["spark_master"] == standalone_cluster
+    # Both workers run on this host here (a multi-host cluster lists each worker's host).
+    assert manifest["timing"]["featurized_by_host"] == {socket.gethostname(): 180}
     local = vectors(spark, f"s3a://{bucket}/runs/local/features", "features")
     cluster = vectors(spark, f"s3a://{bucket}/runs/cluster/features", "features")
     assert sorted(local) == sorted(cluster) and len(local) == 180

@@ -1,6 +1,7 @@
 """The job end to end with spark-submit, s3a and moto, on the real Fruits-360 sample."""
 
 import json
+import socket
 
 import pytest
 from featurize.pipeline import choose_k
@@ -75,6 +76,8 @@ def test_job_featurizes_every_image_once_and_pca_agrees_with_manifest(spark, s3,
     assert sum(spectrum[:k]) == pytest.approx(manifest["pca"]["explained_variance_at_k"])
     assert sum(spectrum[:k]) >= 0.9 > sum(spectrum[: k - 1])
     assert set(manifest["timing"]["stages_seconds"]) >= {"list", "plan", "warm_up", "featurize", "verify", "pca_fit"}
+    # Where the images were featurized: local mode has one executor host, this one.
+    assert manifest["timing"]["featurized_by_host"] == {socket.gethostname(): len(expected_labels)}
     # Both task slots' Python workers got the model while the driver listed; no featurize task built its own.
     assert manifest["timing"]["warm_up"] | {"seconds": None} == {
         "python_workers": 2,
