@@ -140,12 +140,17 @@ def workers_reading_s3(root: psutil.Process, s3_port: int) -> list[psutil.Proces
 
 
 def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoint, sample_dir, tmp_path):
-    """A worker killed from outside (as the OOM killer does) in the featurize stage: Spark reruns its task."""
+    """A worker killed from outside (as the OOM killer does) in the featurize stage: Spark reruns its task.
+
+    Reads pay real S3's latency (50 ms) with 2 in flight per task, so that the stage lasts seconds: at
+    64 px from moto alone it took about one, and a loaded machine's polling could miss it.
+    """
     keys = uploaded_classes(s3, bucket, sample_dir, ("Pear", "Kiwi"))
     log = tmp_path / "driver.log"
-    with open(log, "w") as stream:
+    with faulty_s3(moto_endpoint, fault_rate=0.0, latency=0.05) as (endpoint, _), open(log, "w") as stream:
+        args = [*s3_job_args(bucket, "worker-killed"), "--fetch-concurrency", "2"]
         job = subprocess.Popen(
-            spark_submit_command(s3_job_args(bucket, "worker-killed"), moto_endpoint, "local[2,4]"),
+            spark_submit_command(args, endpoint, "local[2,4]"),
             stdout=stream,
             stderr=subprocess.STDOUT,
             env=job_environment(),
@@ -156,7 +161,7 @@ def test_killed_python_worker_is_retried_by_spark(spark, s3, bucket, moto_endpoi
         while not victims:
             assert job.poll() is None, "the job ended before a featurize task was seen"
             assert time.monotonic() < deadline
-            victims = workers_reading_s3(psutil.Process(job.pid), urlsplit(moto_endpoint).port)
+            victims = workers_reading_s3(psutil.Process(job.pid), urlsplit(endpoint).port)
             time.sleep(0.05)
         victims[0].kill()
         assert job.wait(timeout=600) == 0, log.read_text()[-3000:]
