@@ -12,12 +12,12 @@ import pwd
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 
 from featurize import __version__, cost
 from featurize.commits import ERRORS, FEATURES, RETRY, Commit, Plan, read_error_rows
 from featurize.context import RunContext
 from featurize.fetch import READ_HINTS
+from featurize.model import installed_version
 from featurize.storage import join, request_counts
 
 log = logging.getLogger("featurize")
@@ -65,18 +65,10 @@ def library_versions() -> dict[str, str]:
         "pyarrow": pyarrow.__version__,
         "pillow": PIL.__version__,
     }
-    # The CNN runtime's version: the converted model runs on it.
-    try:
-        versions["ai-edge-litert"] = metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:
-        versions["ai-edge-litert"] = "not installed on the driver"
-    # Read from the package metadata: importing TensorFlow would cost the driver ~0.5 GB.
-    for distribution in ("tensorflow-cpu", "tensorflow"):
-        try:
-            versions["tensorflow"] = metadata.version(distribution)
-            break
-        except metadata.PackageNotFoundError:
-            versions["tensorflow"] = "not installed on the driver"
+    # From the package metadata: importing TensorFlow would cost the driver ~0.5 GB.
+    # ai-edge-litert is the CNN runtime the converted model runs on.
+    versions["ai-edge-litert"] = installed_version("ai-edge-litert") or "not installed on the driver"
+    versions["tensorflow"] = installed_version("tensorflow-cpu", "tensorflow") or "not installed on the driver"
     return versions
 
 

@@ -142,13 +142,18 @@ def model_cache() -> Path:
     return fallback
 
 
-def _tensorflow_version() -> str:
-    for distribution in ("tensorflow-cpu", "tensorflow"):
+def installed_version(*distributions: str) -> str | None:
+    """The version of the first of ``distributions`` installed, from package metadata (nothing imported)."""
+    for distribution in distributions:
         try:
             return metadata.version(distribution)
         except metadata.PackageNotFoundError:
             continue
-    return "absent"
+    return None
+
+
+def _tensorflow_version() -> str:
+    return installed_version("tensorflow-cpu", "tensorflow") or "absent"
 
 
 @contextlib.contextmanager
