@@ -35,13 +35,18 @@ def moto_command() -> list[str]:
 
 
 @contextmanager
-def moto_server(port: int | None = None, extra_env: dict[str, str] | None = None, log_path: Path | None = None):
-    """Start moto_server, yield its endpoint URL, and stop it even on failure."""
+def moto_server(
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    address: str = "127.0.0.1",
+):
+    """Start moto_server on ``address``, yield its endpoint URL, and stop it even on failure."""
     port = port or free_port()
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{address}:{port}"
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - outlives this statement
     process = subprocess.Popen(
-        [*moto_command(), "-H", "127.0.0.1", "-p", str(port)],
+        [*moto_command(), "-H", address, "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO), **TEST_CREDENTIALS, **(extra_env or {})},

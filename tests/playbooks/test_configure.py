@@ -31,10 +31,10 @@ def test_a_host_that_says_it_is_ubuntu_1804_is_refused_before_any_change(podman_
     try:
         with (
             fake_imds(moto_endpoint, role_name="fruitcloud-host", key_name="bionic-test") as (imds_url, _),
-            ec2_standin(podman_target_image, "fruitcloud-bionic", imds_url, tmp_path / "standin", os_release) as port,
+            ec2_standin(podman_target_image, "fruitcloud-bionic", imds_url, tmp_path / "standin", os_release) as host,
         ):
             inventory = tmp_path / "inventory.yml"
-            hosts = {"fruitcloud-bionic": {"ansible_host": "127.0.0.1", "ansible_port": port}}
+            hosts = {"fruitcloud-bionic": {"ansible_host": host.address, "ansible_port": host.port}}
             inventory.write_text(yaml.safe_dump({"spark": {"children": {"spark_master": {"hosts": hosts}}}}))
             run = run_playbook(
                 "configure.yml",

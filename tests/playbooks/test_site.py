@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
-from support.ec2_standin import ec2_standin
+from support.ec2_standin import ec2_standin, ssh
 from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, moto_server
@@ -102,33 +102,6 @@ def instance_id(endpoint: str, name: str) -> str:
     return reservation["Instances"][0]["InstanceId"]
 
 
-def ssh(port: int, key, known_hosts, alias: str, command: str) -> str:
-    """Run a command on the stand-in as the README's user does: ubuntu, the key pair, the host key recorded for it."""
-    result = subprocess.run(
-        [
-            "ssh",
-            "-p",
-            str(port),
-            "-i",
-            str(key),
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            f"HostKeyAlias={alias}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "ubuntu@127.0.0.1",
-            command,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
-
-
 def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     aws, podman_target_image, test_weights, images, tmp_path
 ):
@@ -156,9 +129,9 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         fake_imds(endpoint, role_name=f"{BUCKET}-host", key_name=BUCKET) as (imds_url, issued_keys),
         ec2_standin(
             podman_target_image, HOST, imds_url, tmp_path / "standin", console_dir=tmp_path / "console"
-        ) as port,
+        ) as standin,
     ):
-        inventory = flow_inventory(tmp_path, endpoint, port, test_weights)
+        inventory = flow_inventory(tmp_path, endpoint, standin.port, test_weights)
         extra_vars["job_environment"] = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url}
         run = run_playbook("site.yml", inventory, extra_vars)
         (tmp_path / "site.log").write_text(run.output)
@@ -181,12 +154,12 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
         assert "TASK [pin_host_keys | Read the host keys from the instance's console" in run.output
         # The job ran as the unprivileged account, which owns its log; ubuntu only reached it through sudo.
         owners = ssh(
-            port, key, known_hosts, alias, f"sudo -n stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log"
+            standin, key, known_hosts, alias, f"sudo -n stat -c %U /var/log/fruitcloud /var/log/fruitcloud/{RUN_ID}.log"
         )
         assert owners.split() == ["fruitcloud", "fruitcloud"]
-        assert ssh(port, key, known_hosts, alias, "sudo -n -l -U fruitcloud || true").count("may run") == 0
+        assert ssh(standin, key, known_hosts, alias, "sudo -n -l -U fruitcloud || true").count("may run") == 0
         leaked = ssh(
-            port,
+            standin,
             key,
             known_hosts,
             alias,

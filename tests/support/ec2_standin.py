@@ -1,17 +1,22 @@
 """Start the EC2 stand-in: the podman container a test reaches as EC2 hosts are reached.
 
-podman plays the hypervisor only: it boots the image (systemd as PID 1, host
-network so moto and the fake IMDS on 127.0.0.1 are reachable) and hands the
-first-boot unit its settings, as EC2 hands cloud-init the instance metadata.
+podman plays the hypervisor only: it boots the image (systemd as PID 1) and
+hands the first-boot unit its settings, as EC2 hands cloud-init the instance
+metadata. A lone host shares the host network (moto and the fake IMDS on
+127.0.0.1), its sshd on a loopback port; the hosts of a cluster get a private
+network the test made, each its own address with sshd on port 22, as a VPC
+subnet gives them, and reach moto and IMDS at the network's gateway.
 Tests then talk to the host over SSH as `ubuntu` with the key pair's private
 key and become root with sudo, never through podman.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.moto import free_port
@@ -27,24 +32,52 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     )
 
 
+@dataclass(frozen=True)
+class Standin:
+    name: str
+    address: str
+    port: int
+    settings_dir: Path
+
+    def hand_metadata_service(self, imds_url: str) -> None:
+        """Its first boot waits for this: the URL at which the host finds its instance metadata."""
+        (self.settings_dir / "imds_url").write_text(imds_url)
+
+
+@contextmanager
+def private_network(name: str):
+    """A podman bridge network for a cluster's stand-ins; yields its gateway, the host's address on it."""
+    podman("network", "rm", "--force", name, check=False)
+    podman("network", "create", name)
+    try:
+        [subnet] = json.loads(podman("network", "inspect", name).stdout)[0]["subnets"]
+        yield subnet["gateway"]
+    finally:
+        podman("network", "rm", "--force", name, check=False)
+
+
 @contextmanager
 def ec2_standin(
     image: str,
     name: str,
-    imds_url: str,
+    imds_url: str | None,
     settings_dir: Path,
     os_release: Path | None = None,
     console_dir: Path | None = None,
+    network: str | None = None,
 ):
-    """Boot a stand-in host; yield the loopback port its sshd listens on.
+    """Boot a stand-in host; yield its Standin (where its sshd listens).
 
     ``console_dir`` plays its serial console: it writes ``<name>.log`` there at boot, as moto serves it
-    (harness.moto_as_aws, MOTO_CONSOLE_DIR).
+    (harness.moto_as_aws, MOTO_CONSOLE_DIR). With ``network`` the host joins that private network; without
+    ``imds_url`` its first boot waits until Standin.hand_metadata_service is called.
     """
-    port = free_port()
+    port = 22 if network else free_port()
     settings_dir.mkdir(parents=True, exist_ok=True)
-    (settings_dir / "imds_url").write_text(imds_url)
+    if imds_url is not None:
+        (settings_dir / "imds_url").write_text(imds_url)
     (settings_dir / "ssh_port").write_text(str(port))
+    (settings_dir / "ssh_listen_address").write_text("0.0.0.0" if network else "127.0.0.1")
     pip_cache = os.environ.get("PIP_CACHE_DIR", "/root/.cache/pip")
     volumes = [f"{settings_dir}:/etc/ec2-standin:ro", f"{pip_cache}:/root/.cache/pip:rw"]
     # The machine image trusts the same extra CAs as this network's egress, as a company AMI would.
@@ -63,10 +96,7 @@ def ec2_standin(
         name,
         "--hostname",
         name,
-        "--add-host",
-        f"{name}:127.0.0.1",
-        "--network",
-        "host",
+        *(["--network", network] if network else ["--add-host", f"{name}:127.0.0.1", "--network", "host"]),
         "--systemd",
         "always",
         "--ulimit",
@@ -78,6 +108,38 @@ def ec2_standin(
         "/sbin/init",
     )
     try:
-        yield port
+        if network:
+            networks = json.loads(podman("inspect", name).stdout)[0]["NetworkSettings"]["Networks"]
+            address = networks[network]["IPAddress"]
+        else:
+            address = "127.0.0.1"
+        yield Standin(name, address, port, settings_dir)
     finally:
         podman("rm", "--force", name, check=False)
+
+
+def ssh(host: Standin, key: Path, known_hosts: Path, alias: str, command: str) -> str:
+    """Run a command on the stand-in as the README's user does: ubuntu, the key pair, the host key recorded for it."""
+    result = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(host.port),
+            "-i",
+            str(key),
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            f"HostKeyAlias={alias}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            f"ubuntu@{host.address}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout

@@ -74,8 +74,19 @@ def make_handler(role_name: str, assume_role, region: str, public_key, instance)
 
 
 @contextmanager
-def fake_imds(moto_endpoint: str, role_name: str, key_name: str = "fruitcloud", region: str = "eu-west-1"):
-    """Serve IMDS on a free port of 127.0.0.1; yield its URL and the access key ids it handed out."""
+def fake_imds(
+    moto_endpoint: str,
+    role_name: str,
+    key_name: str = "fruitcloud",
+    region: str = "eu-west-1",
+    instance_name: str | None = None,
+    address: str = "127.0.0.1",
+):
+    """Serve IMDS on a free port of ``address``; yield its URL and the access key ids it handed out.
+
+    One host's IMDS: the running instance launched with ``key_name`` (and named ``instance_name``, for the
+    hosts of a cluster, which share the key pair).
+    """
     sts = boto3.client("sts", endpoint_url=moto_endpoint, region_name=region)
     ec2 = boto3.client("ec2", endpoint_url=moto_endpoint, region_name=region)
     account = sts.get_caller_identity()["Account"]
@@ -104,8 +115,10 @@ def fake_imds(moto_endpoint: str, role_name: str, key_name: str = "fruitcloud", 
     def instance() -> dict | None:
         """The running instance launched with the key pair: the host this stand-in serves."""
         filters = [{"Name": "key-name", "Values": [key_name]}, {"Name": "instance-state-name", "Values": ["running"]}]
+        if instance_name is not None:
+            filters.append({"Name": "tag:Name", "Values": [instance_name]})
         found = [i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]]
         return found[0] if found else None
 
-    with serve_on_loopback(make_handler(role_name, assume_role, region, public_key, instance)) as url:
+    with serve_on_loopback(make_handler(role_name, assume_role, region, public_key, instance), address) as url:
         yield url, issued

@@ -7,7 +7,13 @@ authorized key, read from the instance metadata service (IMDSv2), which serves
 it once provision.yml has created the key pair. It prints the host keys as
 cloud-init does to the serial console (a folder the test hands to moto's
 GetConsoleOutput). sshd starts only after this
-unit (ssh.service drop-in), on the loopback port the test assigned.
+unit (ssh.service drop-in), on the address and port the test assigned: a loopback
+port for a host on the host network, port 22 for one on a private network.
+
+On EC2 every process of the host reaches IMDS at 169.254.169.254, where the SDKs
+look by default; here the test's IMDS has its own URL, which this unit hands to
+every service systemd starts (Spark's daemons and their executors) and to login
+sessions, so that no playbook or job needs to be told where it is.
 """
 
 import os
@@ -52,9 +58,28 @@ def print_host_keys_to_console() -> None:
     (console / f"{os.uname().nodename}.log").write_text("cloud-init: booted\n" + "\n".join(block) + "\n")
 
 
+def wait_for_setting(name: str) -> str:
+    """A setting the test may write after boot (on a private network, IMDS starts once the bridge is up)."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not (SETTINGS / name).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {SETTINGS / name} after {DEADLINE_SECONDS} s")
+        time.sleep(1)
+    return (SETTINGS / name).read_text().strip()
+
+
+def point_sdks_at_metadata_service(base: str) -> None:
+    variable = f"AWS_EC2_METADATA_SERVICE_ENDPOINT={base}"
+    subprocess.run(["systemctl", "set-environment", variable], check=True)
+    with open("/etc/environment", "a") as environment:
+        environment.write(variable + "\n")
+
+
 def main() -> None:
-    base = (SETTINGS / "imds_url").read_text().strip()
+    base = wait_for_setting("imds_url")
     port = (SETTINGS / "ssh_port").read_text().strip()
+    listen = (SETTINGS / "ssh_listen_address").read_text().strip()
+    point_sdks_at_metadata_service(base)
     if pathlib.Path("/usr/local/share/ca-certificates").is_dir():
         subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
     try:
@@ -67,7 +92,7 @@ def main() -> None:
     subprocess.run(["ssh-keygen", "-A"], check=True, capture_output=True)
     print_host_keys_to_console()
     pathlib.Path("/etc/ssh/sshd_config.d/ec2-standin.conf").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nPasswordAuthentication no\n"
+        f"Port {port}\nListenAddress {listen}\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin no\n"
     )
     user = pwd.getpwnam("ubuntu")
