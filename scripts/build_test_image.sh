@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the local stand-in for an EC2 Ubuntu host: a Debian root made with
-# debootstrap from this host's own apt mirror, systemd as PID 1, sshd and sudo,
+# debootstrap from this host's own apt mirror, systemd as PID 1, sshd, sudo and iproute2 (as in
+# Ubuntu's cloud images: Ansible reads a host's addresses with `ip`),
 # and a first-boot unit that does what cloud-init does on EC2 (tests/support/standin_image/).
 # No registry is involved. The packed root is cached in .cache/ between runs.
 #   STANDIN_SUITE=bookworm (Debian 12, Python 3.11; default) or trixie (Debian 13,
@@ -38,7 +39,7 @@ if [[ ! -f "$ARCHIVE" ]]; then
   mirror=$(debian_mirror)
   echo "debootstrap $SUITE from $mirror" >&2
   debootstrap --variant=minbase \
-    --include=python3,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,ca-certificates,openssh-server,sudo \
+    --include=python3,python3-apt,python3-packaging,systemd,systemd-sysv,dbus,ca-certificates,openssh-server,sudo,iproute2 \
     "$SUITE" "$rootfs" "$mirror" >/dev/null
   chroot "$rootfs" apt-get clean
   # Host keys are made at first boot, per instance, as cloud-init does.

@@ -200,6 +200,8 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
             fake_imds(endpoint, f"{BUCKET}-host", key_name=BUCKET, instance_name=MASTER, address=gateway)
         )
         master.hand_metadata_service(imds_url)
+        # The driver runs under sudo on the master, whose environment EC2's fixed IMDS address needs not reach.
+        extra_vars["job_environment"] = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url}
         cluster.hosts[MASTER] = master
         for name in WORKERS[:2]:
             cluster.boot(name)
