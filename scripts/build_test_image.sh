@@ -18,6 +18,11 @@ IMAGE="localhost/fruitcloud-ec2-standin-$SUITE:$VERSION"
 ARCHIVE=.cache/ec2-standin-$SUITE-rootfs-$VERSION.tar.zst
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/molecule/containers.conf}"
 
+# Two pytest workers may ask for the same image at once: one builds, the other waits for it.
+mkdir -p .cache
+exec 9>".cache/ec2-standin-$SUITE.lock"
+flock 9
+
 if podman image exists "$IMAGE"; then
   echo "$IMAGE"
   exit 0

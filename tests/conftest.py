@@ -30,9 +30,10 @@ def pytest_collection_modifyitems(items):
     for item in items:
         for marker in {NEEDS[name] for name in item.fixturenames if name in NEEDS}:
             item.add_marker(marker)
-        if item.get_closest_marker("container"):
+        if item.get_closest_marker("container") and not item.get_closest_marker("xdist_group"):
             # One worker takes them all, first (the largest group): the stand-in images are built once
-            # and the stand-ins' fixed names never meet.
+            # and the stand-ins' fixed names never meet. A test that names its own group (its own
+            # stand-in names, a long run) may go to the other worker.
             item.add_marker(pytest.mark.xdist_group("containers"))
 
 
