@@ -161,9 +161,15 @@ def estimate(
     requests: dict[str, int],
     stored_bytes: int,
     cpu_credits: str = "unlimited",
+    executor_hosts: int = 0,
 ) -> dict:
-    """The cost estimate of one run on one host, part by part; ``total_usd`` is None when a price is missing."""
+    """The cost estimate of one run, part by part; ``total_usd`` is None when a price is missing.
+
+    ``executor_hosts``: the other hosts of a cluster that featurized (the driver sees only its own instance
+    type and CPU, so they are priced as its type, for the run's wall time, without CPU credits).
+    """
     hours = wall_seconds / 3600
+    hosts = 1 + executor_hosts
     table = prices.get(instance.region)
     missing = []
     if table is None:
@@ -177,9 +183,14 @@ def estimate(
         if instance.on_ec2
         else f"not on EC2: the price of the same run on a {instance.type} in {instance.region}"
     )
+    if executor_hosts:
+        basis += (
+            f" and {executor_hosts} executor host{'s' if executor_hosts > 1 else ''} priced as the same type"
+            " (CPU credits of this instance only)"
+        )
     parts: dict[str, dict] = {
-        "instance": {"type": instance.type, "hours": round(hours, 4), "usd_per_hour": hourly},
-        "public_ipv4": {"hours": round(hours, 4), "usd_per_hour": table.get("public_ipv4_hour")},
+        "instance": {"type": instance.type, "count": hosts, "hours": round(hours, 4), "usd_per_hour": hourly},
+        "public_ipv4": {"count": hosts, "hours": round(hours, 4), "usd_per_hour": table.get("public_ipv4_hour")},
         "s3_requests": {name: count for name, count in requests.items() if count},
         "s3_storage": {"bytes": stored_bytes, "usd_per_gb_month": table.get("s3_gb_month")},
     }
@@ -198,8 +209,8 @@ def estimate(
             "parts": parts,
         }
     charged_surplus = surplus if cpu_credits == "unlimited" else 0.0
-    parts["instance"]["usd"] = hours * hourly
-    parts["public_ipv4"]["usd"] = hours * table["public_ipv4_hour"]
+    parts["instance"]["usd"] = hosts * hours * hourly
+    parts["public_ipv4"]["usd"] = hosts * hours * table["public_ipv4_hour"]
     parts["cpu_credits"]["usd"] = charged_surplus * table["cpu_credit_surplus_vcpu_hour"]
     parts["s3_requests"]["usd"] = (
         requests.get("get", 0) * table["s3_get_per_1000"]
@@ -228,9 +239,11 @@ def summary_line(cost: dict) -> str:
         return f"cost: unknown ({cost.get('error', 'no estimate')}); {cost['basis']}"
     parts = cost["parts"]
     requests = parts["s3_requests"]
+    count = parts["instance"].get("count", 1)
+    instances = f"{count} x " if count > 1 else ""
     return (
         f"cost ${cost['total_usd']:.4f}: instance ${parts['instance']['usd']:.4f} "
-        f"({parts['instance']['hours'] * 60:.1f} min of {parts['instance']['type']}), "
+        f"({parts['instance']['hours'] * 60:.1f} min of {instances}{parts['instance']['type']}), "
         f"public IPv4 ${parts['public_ipv4']['usd']:.4f}, CPU credits ${parts['cpu_credits']['usd']:.4f}, "
         f"S3 requests ${requests['usd']:.4f} ({requests.get('get', 0):,} GET, {requests.get('put', 0):,} PUT, "
         f"{requests.get('list', 0):,} LIST); outputs stored ${cost['storage_usd_per_month']:.4f}/month; {cost['basis']}"

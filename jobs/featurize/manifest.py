@@ -182,6 +182,7 @@ def _estimate_cost(run: RunContext) -> dict:
         requests=cost.request_classes(boto3_requests, s3a_requests),
         stored_bytes=sum(listed.size for listed in run.storage.list_files(run.run_uri)),
         cpu_credits=run.config.cpu_credits,
+        executor_hosts=len(set(run.featurized_by_host) - {platform.node()}),
     )
     estimate["requests_by_operation"] = {"boto3": boto3_requests, "s3a": cost.s3a_requests_named(s3a_requests)}
     return estimate

@@ -133,3 +133,25 @@ def test_an_estimate_that_fails_is_said_and_does_not_fail_the_run():
     estimate = run_cost(SimpleNamespace())
     assert estimate["total_usd"] is None and estimate["error"].startswith("the estimate failed: ")
     assert estimate["summary"].startswith("cost: unknown (the estimate failed: ")
+
+
+def test_the_executor_hosts_of_a_cluster_are_priced_beside_the_driver_s():
+    estimate = cost.estimate(
+        instance=T2_IRELAND,
+        prices=cost.load_prices(None),
+        wall_seconds=1800,
+        busy_vcpu_seconds=0,
+        requests={},
+        stored_bytes=0,
+        executor_hosts=2,
+    )
+    parts = estimate["parts"]
+    assert parts["instance"]["usd"] == pytest.approx(3 * 0.5 * 0.0504)
+    assert parts["public_ipv4"]["usd"] == pytest.approx(3 * 0.5 * 0.005)
+    assert estimate["basis"] == (
+        "this instance (t2.medium, eu-west-1) and 2 executor hosts priced as the same type"
+        " (CPU credits of this instance only)"
+    )
+    assert cost.summary_line(estimate).startswith(
+        f"cost ${3 * 0.5 * (0.0504 + 0.005):.4f}: instance $0.0756 (30.0 min of 3 x t2.medium)"
+    )

@@ -276,6 +276,10 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
         by_host = manifest["timing"]["featurized_by_host"]
         assert set(by_host) == set(WORKERS[:2]) and all(n > 0 for n in by_host.values()), by_host
         assert sum(by_host.values()) == count
+        # The estimate counts the hosts that worked, not only the driver's.
+        assert manifest["cost"]["parts"]["instance"]["count"] == 3
+        assert "min of 3 x t2.medium" in manifest["cost"]["summary"]
+        assert "and 2 executor hosts priced as the same type" in manifest["cost"]["basis"]
 
         # The single-host run: the same images, weights and settings in local mode on the controller.
         local = run_job(
