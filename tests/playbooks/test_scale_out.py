@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
+from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook, sample_subset, standin_site_vars
 from support.ec2_standin import ec2_standin, podman, private_network, ssh
 from support.fake_imds import fake_imds
 
@@ -56,11 +55,8 @@ REGION = TEST_CREDENTIALS["AWS_DEFAULT_REGION"]
 @pytest.fixture
 def images(sample_dir, tmp_path) -> tuple[Path, int]:
     root = tmp_path / "images"
-    for folder in sorted(d for d in sample_dir.iterdir() if d.is_dir()):
-        (root / folder.name).mkdir(parents=True)
-        for path in sorted(folder.glob("*.jpg"))[:PER_CLASS]:
-            shutil.copyfile(path, root / folder.name / path.name)
-    return root, sum(1 for _ in root.rglob("*.jpg"))
+    count, _ = sample_subset(sample_dir, root, PER_CLASS)
+    return root, count
 
 
 class Cluster:
@@ -162,24 +158,11 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
     podman_target_image, test_weights, images, tmp_path
 ):
     images_dir, count = images
-    keys = tmp_path / "keys"
     amis = tmp_path / "amis.json"
     amis.write_text(json.dumps(fake_ubuntu_amis()))
     extra_vars = {
-        "fruitcloud_bucket": BUCKET,
-        "fruitcloud_ssh_private_key": str(keys / "fruitcloud.pem"),
-        "fruitcloud_known_hosts_file": str(keys / "known_hosts"),
-        "aws_infra_ssh_cidr": "198.51.100.7/32",
+        **standin_site_vars(BUCKET, tmp_path / "keys", images_dir, RUN_ID, tmp_path / "reports"),
         "aws_infra_spark_worker_count": 2,
-        # moto's public IPs lead nowhere; configure.yml waits on the inventory's address instead.
-        "aws_infra_wait_for_ssh": False,
-        # moto enforces the bucket's deny-without-TLS policy and serves plain HTTP here.
-        "aws_infra_bucket_require_tls": False,
-        "upload_images_dir": str(images_dir),
-        "job_run_id": RUN_ID,
-        "job_pca_k": 8,
-        "job_poll_seconds": 2,
-        "job_reports_dir": str(tmp_path / "reports"),
     }
     with ExitStack() as stack:
         gateway = stack.enter_context(private_network(NETWORK))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import boto3
 import pandas as pd
 import pytest
 import yaml
-from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook
+from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook, sample_subset, standin_site_vars
 from support.ec2_standin import ec2_standin, ssh
 from support.fake_imds import fake_imds
 
@@ -47,12 +46,7 @@ PER_CLASS = 40
 def images(sample_dir, tmp_path) -> tuple[Path, int, int]:
     """A copy of the first PER_CLASS images of each class; returns it, the image count and the class count."""
     root = tmp_path / "images"
-    classes = sorted(d for d in sample_dir.iterdir() if d.is_dir())
-    for folder in classes:
-        (root / folder.name).mkdir(parents=True)
-        for path in sorted(folder.glob("*.jpg"))[:PER_CLASS]:
-            shutil.copyfile(path, root / folder.name / path.name)
-    return root, sum(1 for _ in root.rglob("*.jpg")), len(classes)
+    return root, *sample_subset(sample_dir, root, PER_CLASS)
 
 
 @pytest.fixture
@@ -109,21 +103,8 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     images_dir, count, classes = images
     key, known_hosts = tmp_path / "keys" / "fruitcloud.pem", tmp_path / "keys" / "known_hosts"
     extra_vars = {
+        **standin_site_vars(BUCKET, tmp_path / "keys", images_dir, RUN_ID, tmp_path / "reports"),
         "fruitcloud_aws_endpoint_url": endpoint,
-        "fruitcloud_bucket": BUCKET,
-        "fruitcloud_ssh_private_key": str(key),
-        "fruitcloud_known_hosts_file": str(known_hosts),
-        "aws_infra_ssh_cidr": "198.51.100.7/32",
-        # moto's public IPs lead nowhere; configure.yml waits on the inventory's address instead.
-        "aws_infra_wait_for_ssh": False,
-        # moto enforces the bucket's deny-without-TLS policy and serves plain HTTP here.
-        "aws_infra_bucket_require_tls": False,
-        "upload_images_dir": str(images_dir),
-        "job_run_id": RUN_ID,
-        "job_pca_k": 8,
-        # Short polls, so that the featurize stage of a few hundred images shows its progress more than once.
-        "job_poll_seconds": 2,
-        "job_reports_dir": str(tmp_path / "reports"),
     }
     with (
         fake_imds(endpoint, role_name=f"{BUCKET}-host", key_name=BUCKET) as (imds_url, issued_keys),

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -93,3 +94,33 @@ def fake_ubuntu_amis() -> list[dict]:
                 }
             )
     return amis
+
+
+def sample_subset(sample_dir: Path, root: Path, per_class: int) -> tuple[int, int]:
+    """Copy the first ``per_class`` images of each class of the sample to ``root``; the image and class counts."""
+    classes = sorted(d for d in sample_dir.iterdir() if d.is_dir())
+    for folder in classes:
+        (root / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.jpg"))[:per_class]:
+            shutil.copyfile(path, root / folder.name / path.name)
+    return sum(1 for _ in root.rglob("*.jpg")), len(classes)
+
+
+def standin_site_vars(bucket: str, keys: Path, images_dir: Path, run_id: str, reports_dir: Path) -> dict:
+    """The extra vars of site.yml on moto and EC2 stand-ins: the user's, but for what moto cannot give."""
+    return {
+        "fruitcloud_bucket": bucket,
+        "fruitcloud_ssh_private_key": str(keys / "fruitcloud.pem"),
+        "fruitcloud_known_hosts_file": str(keys / "known_hosts"),
+        "aws_infra_ssh_cidr": "198.51.100.7/32",
+        # moto's public IPs lead nowhere; configure.yml waits on the inventory's address instead.
+        "aws_infra_wait_for_ssh": False,
+        # moto enforces the bucket's deny-without-TLS policy and serves plain HTTP here.
+        "aws_infra_bucket_require_tls": False,
+        "upload_images_dir": str(images_dir),
+        "job_run_id": run_id,
+        "job_pca_k": 8,
+        # Short polls, so that a featurize stage of a few hundred images shows its progress more than once.
+        "job_poll_seconds": 2,
+        "job_reports_dir": str(reports_dir),
+    }
