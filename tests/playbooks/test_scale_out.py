@@ -250,6 +250,8 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
             for name in (MASTER, WORKERS[0])
         }
         jupyter_reads = cluster.ssh(MASTER, "sudo -n -u jupyter cat /etc/spark/conf/spark-defaults.conf 2>&1 || true")
+        secret = cluster.ssh(MASTER, "sudo -n cat /etc/spark/auth.secret").strip()
+        worker_conf = cluster.ssh(WORKERS[0], "sudo -n cat /etc/spark/conf/spark-defaults.conf")
 
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
         manifest = manifest_of(s3, RUN_ID)
@@ -313,3 +315,8 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
         assert set(leaked.values()) == {""}, f"a credential was written on a host: {leaked}"
         assert set(secret_modes.values()) == {"640 root spark"}, secret_modes
         assert "Permission denied" in jupyter_reads
+        # The master's secret reached the worker, and no Ansible output (the runs' or their diffs) shows it.
+        assert len(secret) == 64
+        assert re.search(rf"^spark.authenticate.secret\s+{secret}$", worker_conf, re.MULTILINE)
+        assert re.search(r"^spark.network.crypto.enabled\s+true$", worker_conf, re.MULTILINE)
+        assert all(secret not in run.output for run in (site, grown, added, lost, shrunk))
