@@ -27,7 +27,7 @@ import subprocess
 import boto3
 import pytest
 from support.ansible_helpers import REPO
-from support.ec2_standin import CA_CERTIFICATES, CONTAINERS_ENV, podman
+from support.ec2_standin import CA_CERTIFICATES, CONTAINERS_ENV, podman, write_first_boot_settings
 from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, free_port
@@ -38,13 +38,11 @@ pytestmark = pytest.mark.container
 def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:
     """The EC2_STANDIN_* variables of molecule.yml: first-boot settings, CA certificates, key, known hosts."""
     settings, certificates = tmp_path / "standin", tmp_path / "ca-certificates"
-    settings.mkdir()
     certificates.mkdir()
     for certificate in CA_CERTIFICATES.glob("*.crt") if CA_CERTIFICATES.is_dir() else []:
         shutil.copy(certificate, certificates)
     port = free_port()
-    (settings / "imds_url").write_text(imds_url)
-    (settings / "ssh_port").write_text(str(port))
+    write_first_boot_settings(settings, imds_url, port, "127.0.0.1")
     return {
         "EC2_STANDIN_SETTINGS": str(settings),
         "EC2_STANDIN_CA_DIR": str(certificates),

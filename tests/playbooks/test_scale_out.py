@@ -37,8 +37,7 @@ from support.fake_imds import fake_imds
 from harness.launcher import run_job
 from harness.moto import TEST_CREDENTIALS, moto_server
 
-# Its own pytest-xdist group: its hosts and network have their own names, and its quarter of an hour
-# runs beside the other container tests instead of after them.
+# Its own pytest-xdist group: its hosts and network have their own names, so it may run on either worker.
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("cluster")]
 
 BUCKET = "fruitcloud-cluster-test"

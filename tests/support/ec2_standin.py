@@ -44,6 +44,15 @@ class Standin:
         (self.settings_dir / "imds_url").write_text(imds_url)
 
 
+def write_first_boot_settings(settings_dir: Path, imds_url: str | None, ssh_port: int, ssh_listen_address: str) -> None:
+    """What the first-boot unit reads from /etc/ec2-standin (standin_image/cloud-init-standin.py)."""
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    if imds_url is not None:
+        (settings_dir / "imds_url").write_text(imds_url)
+    (settings_dir / "ssh_port").write_text(str(ssh_port))
+    (settings_dir / "ssh_listen_address").write_text(ssh_listen_address)
+
+
 @contextmanager
 def private_network(name: str):
     """A podman bridge network for a cluster's stand-ins; yields its gateway, the host's address on it."""
@@ -73,11 +82,7 @@ def ec2_standin(
     ``imds_url`` its first boot waits until Standin.hand_metadata_service is called.
     """
     port = 22 if network else free_port()
-    settings_dir.mkdir(parents=True, exist_ok=True)
-    if imds_url is not None:
-        (settings_dir / "imds_url").write_text(imds_url)
-    (settings_dir / "ssh_port").write_text(str(port))
-    (settings_dir / "ssh_listen_address").write_text("0.0.0.0" if network else "127.0.0.1")
+    write_first_boot_settings(settings_dir, imds_url, port, "0.0.0.0" if network else "127.0.0.1")
     pip_cache = os.environ.get("PIP_CACHE_DIR", "/root/.cache/pip")
     volumes = [f"{settings_dir}:/etc/ec2-standin:ro", f"{pip_cache}:/root/.cache/pip:rw"]
     # The machine image trusts the same extra CAs as this network's egress, as a company AMI would.
