@@ -211,7 +211,7 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
             host.address for name, host in cluster.hosts.items() if name != MASTER
         )
 
-        # A worker lost mid-run: its instance shuts down while it has featurize tasks.
+        # A worker lost mid-run: its instance shuts down once it runs Python tasks (the CNN's warm-up, first).
         with ThreadPoolExecutor(max_workers=1) as background:
             running = background.submit(run_playbook, "run_job.yml", inventory, {**three, "job_run_id": LOST_RUN_ID})
             deadline = time.monotonic() + 600
@@ -305,7 +305,7 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
         assert lost_features["path"].is_unique and len(lost_features) == count
         lost_by_host = lost_manifest["timing"]["featurized_by_host"]
         assert sum(lost_by_host.values()) == count and set(WORKERS[:2]) <= set(lost_by_host), lost_by_host
-        # It was stopped in the middle of its share (a third), and the others did the rest.
+        # It was stopped before it had done its share (a third), and the others did the rest.
         assert lost_by_host.get(WORKERS[2], 0) < count // 3, lost_by_host
         assert re.search(
             rf"Lost executor \d+ on {re.escape(cluster.hosts[WORKERS[2]].address)}", driver_log
