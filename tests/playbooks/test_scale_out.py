@@ -29,8 +29,13 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook, sample_subset, standin_site_vars
+from support.ansible_helpers import (
+    fake_ubuntu_amis,
+    run_playbook,
+    sample_subset,
+    standin_inventory,
+    standin_site_vars,
+)
 from support.ec2_standin import ec2_standin, podman, private_network, ssh
 from support.fake_imds import fake_imds
 
@@ -90,22 +95,8 @@ class Cluster:
         self.hosts[name].hand_metadata_service(self.imds_urls[name])
 
     def inventory(self, test_weights) -> Path:
-        """The repository's aws_ec2 inventory pointed at moto; each host's address at its stand-in."""
-        inventory = self.tmp_path / "inventory"
-        (inventory / "host_vars").mkdir(parents=True, exist_ok=True)
-        config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
-        (inventory / "cluster.aws_ec2.yml").write_text(yaml.safe_dump({**config, "endpoint_url": self.endpoint}))
-        weights, checksum = test_weights
-        for name, host in self.hosts.items():
-            host_vars = {
-                "ansible_host": host.address,
-                "s3a_jars_source": "local",
-                "s3a_jars_local_dir": str(REPO / ".cache" / "jars"),
-                "model_weights_local_file": str(weights),
-                "model_weights_checksum": checksum,
-            }
-            (inventory / "host_vars" / f"{name}.yml").write_text(yaml.safe_dump(host_vars))
-        return inventory
+        hosts = {name: (host.address, host.port) for name, host in self.hosts.items()}
+        return standin_inventory(self.tmp_path, self.endpoint, hosts, test_weights)
 
     def ssh(self, name: str, command: str) -> str:
         keys = self.tmp_path / "keys"

@@ -23,8 +23,13 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
-import yaml
-from support.ansible_helpers import REPO, fake_ubuntu_amis, run_playbook, sample_subset, standin_site_vars
+from support.ansible_helpers import (
+    fake_ubuntu_amis,
+    run_playbook,
+    sample_subset,
+    standin_inventory,
+    standin_site_vars,
+)
 from support.ec2_standin import ec2_standin, ssh
 from support.fake_imds import fake_imds
 
@@ -59,31 +64,6 @@ def aws(tmp_path):
         yield endpoint
 
 
-def flow_inventory(directory, endpoint, port, test_weights):
-    """The repository's aws_ec2 inventory pointed at moto; the host's address and port point at the stand-in.
-
-    The other host vars copy the s3a jars from the controller's cache (which
-    `make jars` filled with the role's own Maven download; the Molecule scenario
-    downloads them on the host) and give the test weights (no Keras downloads
-    here); they change where files come from, not how the host is reached.
-    """
-    inventory = directory / "inventory"
-    (inventory / "host_vars").mkdir(parents=True)
-    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
-    (inventory / "flow.aws_ec2.yml").write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
-    weights, checksum = test_weights
-    host_vars = {
-        "ansible_host": "127.0.0.1",
-        "ansible_port": port,
-        "s3a_jars_source": "local",
-        "s3a_jars_local_dir": str(REPO / ".cache" / "jars"),
-        "model_weights_local_file": str(weights),
-        "model_weights_checksum": checksum,
-    }
-    (inventory / "host_vars" / f"{HOST}.yml").write_text(yaml.safe_dump(host_vars))
-    return inventory
-
-
 def instance_states(endpoint: str) -> set[str]:
     ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
     return {i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
@@ -112,7 +92,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
             podman_target_image, HOST, imds_url, tmp_path / "standin", console_dir=tmp_path / "console"
         ) as standin,
     ):
-        inventory = flow_inventory(tmp_path, endpoint, standin.port, test_weights)
+        inventory = standin_inventory(tmp_path, endpoint, {HOST: (standin.address, standin.port)}, test_weights)
         extra_vars["job_environment"] = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds_url}
         run = run_playbook("site.yml", inventory, extra_vars)
         (tmp_path / "site.log").write_text(run.output)

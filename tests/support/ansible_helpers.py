@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import moto
+import yaml
 
 from harness.moto import TEST_CREDENTIALS
 
@@ -124,3 +125,29 @@ def standin_site_vars(bucket: str, keys: Path, images_dir: Path, run_id: str, re
         "job_poll_seconds": 2,
         "job_reports_dir": str(reports_dir),
     }
+
+
+def standin_inventory(directory: Path, endpoint: str, hosts: dict[str, tuple[str, int]], test_weights) -> Path:
+    """The repository's aws_ec2 inventory pointed at moto; each host's address and port at its stand-in.
+
+    ``hosts`` maps each instance's Name to its stand-in's (address, SSH port). The other host vars copy
+    the s3a jars from the controller's cache (which `make jars` filled with the role's own Maven
+    download; the Molecule scenario downloads them on the host) and give the test weights (no Keras
+    downloads here); they change where files come from, not how a host is reached.
+    """
+    inventory = directory / "inventory"
+    (inventory / "host_vars").mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "inventory" / "aws_ec2.yml").read_text())
+    (inventory / "standin.aws_ec2.yml").write_text(yaml.safe_dump({**config, "endpoint_url": endpoint}))
+    weights, checksum = test_weights
+    for name, (address, port) in hosts.items():
+        host_vars = {
+            "ansible_host": address,
+            "ansible_port": port,
+            "s3a_jars_source": "local",
+            "s3a_jars_local_dir": str(REPO / ".cache" / "jars"),
+            "model_weights_local_file": str(weights),
+            "model_weights_checksum": checksum,
+        }
+        (inventory / "host_vars" / f"{name}.yml").write_text(yaml.safe_dump(host_vars))
+    return inventory
