@@ -201,7 +201,12 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         ProgressWatcher(run.storage, run.run_uri, progress_records, total=len(todo)),
     ):
         began = time.perf_counter()
-        committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
+        # The name the Spark UI and its REST API show for this job (else "collect at NativeMethodAccessorImpl").
+        sc.setJobDescription(f"featurize {len(todo)} images in {tasks} tasks")
+        try:
+            committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
+        finally:
+            sc.setJobDescription(None)
         rate = len(todo) / (time.perf_counter() - began)
         details.update(
             images=len(todo),

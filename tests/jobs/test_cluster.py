@@ -17,7 +17,9 @@ import pytest
 from harness.launcher import run_job
 from harness.moto import free_port
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+# With the Ansible-built cluster test (tests/playbooks/test_scale_out.py): the second largest
+# pytest-xdist group, so xdist starts it at once on the worker the container group leaves free.
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 SPARK_CLASS = Path(sys.executable).with_name("spark-class")
 
 

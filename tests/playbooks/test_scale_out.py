@@ -42,7 +42,8 @@ from support.fake_imds import fake_imds
 from harness.launcher import run_job
 from harness.moto import TEST_CREDENTIALS, moto_server
 
-# Its own pytest-xdist group: its hosts and network have their own names, so it may run on either worker.
+# Not in the container group: its hosts and network have their own names, so it may run beside it. Its
+# group (with tests/jobs/test_cluster.py) starts first on the other worker: the longest test, not the last.
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("cluster")]
 
 BUCKET = "fruitcloud-cluster-test"
@@ -54,6 +55,26 @@ LOST_RUN_ID = "20260102T000000Z"
 # Enough images that the featurize stage outlasts a worker's shutdown; few enough for the test's minutes.
 PER_CLASS = 30
 REGION = TEST_CREDENTIALS["AWS_DEFAULT_REGION"]
+# Run on the master (the driver's UI listens on its loopback): waits until the executor at {address} runs
+# tasks of the featurize job and prints that job's stages, or prints [] after 10 minutes.
+FEATURIZING_ON = """
+import json, time, urllib.request
+def get(path):
+    return json.load(urllib.request.urlopen("http://127.0.0.1:4040/api/v1/applications" + path, timeout=5))
+stages, deadline = [], time.monotonic() + 600
+while not stages and time.monotonic() < deadline:
+    try:
+        app = get("")[0]["id"]
+        jobs = get(f"/{{app}}/jobs?status=running")
+        busy = [e for e in get(f"/{{app}}/executors") if e["hostPort"].startswith("{address}:") and e["activeTasks"]]
+        featurizing = [s for j in jobs if j.get("description", "").startswith("featurize") for s in j["stageIds"]]
+        if featurizing and busy:
+            stages = featurizing
+    except (OSError, ValueError, IndexError):  # no driver yet, or its UI is starting
+        pass
+    time.sleep(0.2)
+print(json.dumps(stages))
+"""
 
 
 @pytest.fixture
@@ -202,14 +223,14 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
             host.address for name, host in cluster.hosts.items() if name != MASTER
         )
 
-        # A worker lost mid-run: its instance shuts down once it runs Python tasks (the CNN's warm-up, first).
+        # A worker lost mid-run: its instance shuts down while it runs featurize tasks.
+        lost_address = cluster.hosts[WORKERS[2]].address
         with ThreadPoolExecutor(max_workers=1) as background:
             running = background.submit(run_playbook, "run_job.yml", inventory, {**three, "job_run_id": LOST_RUN_ID})
-            deadline = time.monotonic() + 600
-            while "pyspark.daemon" not in cluster.ssh(WORKERS[2], "ps -eo args || true"):
-                assert not running.done(), running.result().output[-4000:]
-                assert time.monotonic() < deadline, "no Python worker ever ran on the third worker"
-                time.sleep(0.5)
+            featurize_stages = json.loads(
+                cluster.ssh(MASTER, f"python3 - <<'EOF'\n{FEATURIZING_ON.format(address=lost_address)}\nEOF")
+            )
+            assert featurize_stages, running.result().output[-4000:] if running.done() else "never featurized there"
             podman("stop", "--time", "30", WORKERS[2])
             lost = running.result()
         (tmp_path / "lost.log").write_text(lost.output)
@@ -298,8 +319,12 @@ def test_a_cluster_built_by_the_playbooks_runs_the_job_and_lives_through_day_2(
         assert sum(lost_by_host.values()) == count and set(WORKERS[:2]) <= set(lost_by_host), lost_by_host
         # It was stopped before it had done its share (a third), and the others did the rest.
         assert lost_by_host.get(WORKERS[2], 0) < count // 3, lost_by_host
+        # Its featurize tasks were lost with it (not only a warm-up task) and ran again on the others.
+        stages = "|".join(str(stage) for stage in featurize_stages)
         assert re.search(
-            rf"Lost executor \d+ on {re.escape(cluster.hosts[WORKERS[2]].address)}", driver_log
+            rf"Lost task [\d.]+ in stage (?:{stages})\.\d+ \(TID \d+\) \({re.escape(lost_address)} executor \d+\): "
+            "ExecutorLostFailure",
+            driver_log,
         ), driver_log[-4000:]
 
         assert set(leaked.values()) == {""}, f"a credential was written on a host: {leaked}"
