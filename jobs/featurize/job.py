@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from featurize.batch import FeaturizeSettings
@@ -79,8 +79,9 @@ def prepare(spark, config: JobConfig) -> RunContext:
 
 def check_locations(run: RunContext) -> None:
     check_no_overlap(run.config.input, run.config.output)
-    for uri in (run.config.input, run.config.output):
-        run.storage.check_bucket(uri)
+    images_region = run.storage.check_bucket(run.config.input)
+    run.storage.check_bucket(run.config.output)
+    run.fetch = replace(run.fetch, region=images_region)
     run.storage.check_writable(run.run_uri)
 
 

@@ -79,9 +79,14 @@ _REQUESTS: Counter[str] = Counter()
 _REQUESTS_LOCK = threading.Lock()
 
 
-def _count_request(event_name: str, **_) -> None:
+def count_request(operation: str) -> None:
+    """Count one request sent (retries are requests too) by operation name, e.g. GetObject."""
     with _REQUESTS_LOCK:
-        _REQUESTS[event_name.rsplit(".", 1)[-1]] += 1
+        _REQUESTS[operation] += 1
+
+
+def _count_request(event_name: str, **_) -> None:
+    count_request(event_name.rsplit(".", 1)[-1])
 
 
 def request_counts() -> dict[str, int]:
@@ -96,22 +101,35 @@ def requests_since(before: dict[str, int]) -> dict[str, int]:
     return {operation: count for operation, count in changed.items() if count}
 
 
-def s3_client(endpoint_url: str | None):
-    """One boto3 client per process and endpoint, shared by the read-ahead threads (clients are thread-safe).
+_SESSIONS: dict[str | None, object] = {}
 
-    Credentials are resolved once, here, before any thread uses the client:
-    on EC2 they come from the instance metadata service, which throttles
-    bursts, and botocore's default there is one attempt with a 1 s timeout.
+
+def botocore_session(endpoint_url: str | None):
+    """This process's botocore session: the credential chain of boto3 and of the image reads (featurize.fetch).
+
+    Credentials are resolved once, here, before any thread uses them: on EC2
+    they come from the instance metadata service, which throttles bursts, and
+    botocore's default there is one attempt with a 1 s timeout.
     """
     with _CLIENTS_LOCK:
-        if endpoint_url not in _CLIENTS:
+        if endpoint_url not in _SESSIONS:
             import botocore.session
-            from botocore.config import Config
 
             session = botocore.session.get_session()
             session.set_config_variable("metadata_service_timeout", 5)
             session.set_config_variable("metadata_service_num_attempts", 5)
             session.get_credentials()
+            _SESSIONS[endpoint_url] = session
+        return _SESSIONS[endpoint_url]
+
+
+def s3_client(endpoint_url: str | None):
+    """One boto3 client per process and endpoint, shared by threads (clients are thread-safe)."""
+    session = botocore_session(endpoint_url)
+    with _CLIENTS_LOCK:
+        if endpoint_url not in _CLIENTS:
+            from botocore.config import Config
+
             config = Config(
                 retries={"max_attempts": 10, "mode": "adaptive"},
                 max_pool_connections=64,
@@ -243,15 +261,15 @@ class Storage:
                 return None
             raise
 
-    def check_bucket(self, uri: str) -> None:
-        """Raise a readable error when the bucket of an S3 URI is missing or not ours."""
+    def check_bucket(self, uri: str) -> str | None:
+        """The region of an S3 URI's bucket (None for a local path); a readable error if it is missing or not ours."""
         if not is_s3(uri):
-            return
+            return None
         from botocore.exceptions import ClientError, NoCredentialsError
 
         bucket, _ = split_s3(uri)
         try:
-            self.s3.head_bucket(Bucket=bucket)
+            return self.s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
         except NoCredentialsError as exc:
             raise StorageError(
                 "no AWS credentials found: on EC2 attach the instance profile, "

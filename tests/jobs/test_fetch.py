@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import pytest
 from featurize import fetch
 from featurize.fetch import FetchSettings, fetch_batches
 from featurize.storage import Storage
+
+from harness.s3proxy import faulty_s3
 
 
 def fetch_all(files, settings, batch_size=8):
@@ -90,3 +93,40 @@ def test_local_files_with_odd_names_are_read_as_listed(tmp_path, name):
     [listed] = Storage().list_files(str(tmp_path))
     [result] = fetch_all([(listed.path, listed.size, listed.etag)], FetchSettings())
     assert (result.data, result.error) == (b"xyz", None)
+
+
+def counting_requests_of_fetch(monkeypatch) -> Counter:
+    """The requests fetch counts, by operation: the process-wide count also has other tests' lock renewals."""
+    counted: Counter[str] = Counter()
+    monkeypatch.setattr(fetch, "count_request", lambda operation: counted.update([operation]))
+    return counted
+
+
+def test_throttled_and_dropped_reads_are_retried_and_every_attempt_is_counted(s3, bucket, moto_endpoint, monkeypatch):
+    monkeypatch.setattr(fetch, "BACKOFF_BASE_SECONDS", 0.001)
+    s3.put_object(Bucket=bucket, Key="images/a.jpg", Body=b"aaa")
+    [listed] = Storage(moto_endpoint).list_files(f"s3a://{bucket}/images/")
+    counted = counting_requests_of_fetch(monkeypatch)
+    with faulty_s3(moto_endpoint, fault_rate=0.3) as (endpoint, proxy):
+        results = fetch_all([(listed.path, listed.size, listed.etag)] * 40, FetchSettings(endpoint))
+    assert [(r.data, r.error) for r in results] == [(b"aaa", None)] * 40
+    faults = {outcome for (outcome, _), n in proxy.counts.items() if n}
+    assert faults == {"forward", "slowdown", "drop"}
+    # S3 bills every attempt: the job's count (for its cost) is the proxy's.
+    assert counted["GetObject"] == sum(n for (_, method), n in proxy.counts.items() if method == "GET")
+
+
+@pytest.mark.parametrize(("fault", "code"), [("slowdown", "SlowDown"), ("drop", "NoResponse")])
+def test_a_read_that_fails_every_attempt_is_a_retryable_error_naming_why(
+    s3, bucket, moto_endpoint, monkeypatch, fault, code
+):
+    monkeypatch.setattr(fetch, "BACKOFF_BASE_SECONDS", 0.001)
+    s3.put_object(Bucket=bucket, Key="images/a.jpg", Body=b"aaa")
+    [listed] = Storage(moto_endpoint).list_files(f"s3a://{bucket}/images/")
+    counted = counting_requests_of_fetch(monkeypatch)
+    with faulty_s3(moto_endpoint, fault_rate=1.0) as (endpoint, proxy):
+        proxy.decide = lambda method: fault
+        [result] = fetch_all([(listed.path, listed.size, listed.etag)], FetchSettings(endpoint))
+    assert (result.data, result.error.code, result.error.retryable) == (None, code, True)
+    assert str(result.error).startswith(f"the read failed after {fetch.READ_ATTEMPTS} attempts: ")
+    assert counted == {"GetObject": fetch.READ_ATTEMPTS}
