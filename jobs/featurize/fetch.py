@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 from featurize.errors import PermanentReadError, RecordedError, RetryableReadError
 from featurize.storage import botocore_session, count_request, is_s3, local_etag, local_path, split_s3
@@ -100,7 +101,9 @@ def image_store(bucket: str, settings: FetchSettings):
                     "timeout": "60s",
                 },
                 retry_config={"max_retries": 0},
-                credential_provider=Boto3CredentialProvider(session),
+                # botocore refreshes instance-profile credentials 10-15 min before they expire, so
+                # credentials kept 5 min by obstore are never used expired.
+                credential_provider=Boto3CredentialProvider(session, ttl=timedelta(minutes=5)),
             )
         return _STORES[key]
 
@@ -148,7 +151,7 @@ def read_s3(path: str, etag: str, settings: FetchSettings) -> bytes:
                 }.get(code, "S3 refused the read")
                 raise RetryableReadError(f"{reason} ({code})", code=code) from exc
             if attempt == READ_ATTEMPTS:
-                detail = str(exc).split(" - ", 1)[-1].split("\n", 1)[0][:200]
+                detail = f"{code} (HTTP {status})" if status else str(exc).split(" - ", 1)[-1].split("\n", 1)[0][:200]
                 raise RetryableReadError(f"the read failed after {attempt} attempts: {detail}", code=code) from exc
             time.sleep(random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)))
     raise AssertionError("unreachable")
