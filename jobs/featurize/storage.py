@@ -105,7 +105,7 @@ _SESSIONS: dict[str | None, object] = {}
 
 
 def botocore_session(endpoint_url: str | None):
-    """This process's botocore session: the credential chain of boto3 and of the image reads (featurize.fetch).
+    """One botocore session per process and endpoint: the credentials of boto3 and of the image reads (fetch.py).
 
     Credentials are resolved once, here, before any thread uses them: on EC2
     they come from the instance metadata service, which throttles bursts, and

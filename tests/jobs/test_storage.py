@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import boto3
 import pytest
 from featurize.errors import StorageError
 from featurize.storage import Storage
@@ -41,3 +42,12 @@ def test_a_listing_skips_folder_markers_but_keeps_content_under_a_folder_key(s3,
         (f"s3a://{bucket}/images/Kiwi/a.jpg", 1),
         (f"s3a://{bucket}/images/Kiwi/b.jpg/", 2),
     ]
+
+
+def test_the_bucket_check_gives_the_region_the_image_reads_sign_for(bucket, moto_endpoint):
+    oregon = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-west-2")
+    oregon.create_bucket(Bucket=f"{bucket}-us", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    storage = Storage(moto_endpoint)
+    regions = [storage.check_bucket(f"s3a://{name}/images/") for name in (bucket, f"{bucket}-us")]
+    assert regions == ["eu-west-1", "us-west-2"]
+    assert storage.check_bucket("/tmp/images") is None
