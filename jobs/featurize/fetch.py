@@ -92,8 +92,9 @@ def image_store(bucket: str, settings: FetchSettings):
             _STORES[key] = S3Store(
                 bucket,
                 region=settings.region or session.get_config_variable("region") or "us-east-1",
-                # Path-style on a custom endpoint (moto, MinIO), as the boto3 client; virtual-hosted on AWS.
-                virtual_hosted_style_request=not endpoint,
+                # Virtual-hosted on AWS, as boto3 does, except for a bucket whose name has dots (S3's TLS
+                # certificate covers one label); path-style on a custom endpoint (moto, MinIO).
+                virtual_hosted_style_request=not endpoint and "." not in bucket,
                 **({"endpoint": endpoint} if endpoint else {}),
                 client_options={
                     "allow_http": bool(endpoint and endpoint.startswith("http://")),

@@ -130,3 +130,14 @@ def test_a_read_that_fails_every_attempt_is_a_retryable_error_naming_why(
     assert (result.data, result.error.code, result.error.retryable) == (None, code, True)
     assert str(result.error).startswith(f"the read failed after {fetch.READ_ATTEMPTS} attempts: ")
     assert counted == {"GetObject": fetch.READ_ATTEMPTS}
+
+
+@pytest.mark.parametrize(
+    ("bucket", "endpoint", "virtual_hosted"),
+    [("fruits", None, "true"), ("fruits.example.com", None, "false"), ("fruits", "http://127.0.0.1:9", "false")],
+)
+def test_the_image_store_addresses_buckets_as_boto3_does(monkeypatch, bucket, endpoint, virtual_hosted):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    config = fetch.image_store(bucket, FetchSettings(endpoint, region="eu-central-1")).config
+    assert (config["virtual_hosted_style_request"], config["region"]) == (virtual_hosted, "eu-central-1")
