@@ -96,7 +96,7 @@ def test_local_files_with_odd_names_are_read_as_listed(tmp_path, name):
 
 
 def counting_requests_of_fetch(monkeypatch) -> Counter:
-    """The requests fetch counts, by operation: the process-wide count also has other tests' lock renewals."""
+    """The requests fetch counts, by operation (the process-wide count may hold other threads' requests)."""
     counted: Counter[str] = Counter()
     monkeypatch.setattr(fetch, "count_request", lambda operation: counted.update([operation]))
     return counted
