@@ -76,10 +76,13 @@ _STORES_LOCK = threading.Lock()
 
 
 def image_store(bucket: str, settings: FetchSettings):
-    """obstore's client of ``bucket``: one per process, shared by the read-ahead threads.
+    """obstore's client of ``bucket``: one per process, shared by the read-ahead threads; None without credentials.
 
     It sends one HTTP request per call (no retries of its own): the retries
     are read_s3's, so that each is counted, as S3 bills it, and backs off alike.
+    Finding no credentials is kept too, as the boto3 client keeps them: the
+    credential chain (the metadata service's timeouts included) runs once per
+    process, not once per image.
     """
     key = (settings.endpoint_url, settings.region, bucket)
     with _STORES_LOCK:
@@ -89,6 +92,11 @@ def image_store(bucket: str, settings: FetchSettings):
 
             endpoint = settings.endpoint_url
             session = botocore_session(endpoint)
+            try:
+                credentials = Boto3CredentialProvider(session, ttl=timedelta(minutes=5))
+            except ValueError:  # the chain found none
+                _STORES[key] = None
+                return None
             _STORES[key] = S3Store(
                 bucket,
                 region=settings.region or session.get_config_variable("region") or "us-east-1",
@@ -103,8 +111,8 @@ def image_store(bucket: str, settings: FetchSettings):
                 },
                 retry_config={"max_retries": 0},
                 # botocore refreshes instance-profile credentials 10-15 min before they expire, so
-                # credentials kept 5 min by obstore are never used expired.
-                credential_provider=Boto3CredentialProvider(session, ttl=timedelta(minutes=5)),
+                # credentials kept 5 min by obstore (the ttl above) are never used expired.
+                credential_provider=credentials,
             )
         return _STORES[key]
 
@@ -128,10 +136,9 @@ def read_s3(path: str, etag: str, settings: FetchSettings) -> bytes:
     from obstore.exceptions import PreconditionError
 
     bucket, key = split_s3(path)
-    try:
-        store = image_store(bucket, settings)
-    except ValueError as exc:  # the credential provider found none
-        raise RetryableReadError("no AWS credentials for the read", code="NoCredentials") from exc
+    store = image_store(bucket, settings)
+    if store is None:
+        raise RetryableReadError("no AWS credentials for the read", code="NoCredentials")
     for attempt in range(1, READ_ATTEMPTS + 1):
         count_request("GetObject")
         try:

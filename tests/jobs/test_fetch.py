@@ -141,3 +141,19 @@ def test_the_image_store_addresses_buckets_as_boto3_does(monkeypatch, bucket, en
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     config = fetch.image_store(bucket, FetchSettings(endpoint, region="eu-central-1")).config
     assert (config["virtual_hosted_style_request"], config["region"]) == (virtual_hosted, "eu-central-1")
+
+
+def test_no_credentials_is_an_error_per_image_found_once_per_process(monkeypatch):
+    from obstore.auth import boto3 as obstore_boto3
+
+    searched = []
+
+    def no_credentials(session, **_):
+        searched.append(session)
+        raise ValueError("Received None from session.get_credentials")
+
+    monkeypatch.setattr(obstore_boto3, "Boto3CredentialProvider", no_credentials)
+    files = [(f"s3a://nocreds-bucket/images/{i}.jpg", 10, '"e"') for i in range(3)]
+    results = fetch_all(files, FetchSettings("http://127.0.0.1:9", region="eu-west-1"))
+    assert [(r.data, r.error.code, r.error.retryable) for r in results] == [(None, "NoCredentials", True)] * 3
+    assert len(searched) == 1
