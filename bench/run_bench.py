@@ -121,7 +121,7 @@ def one_thread_per_core_limit(
     images: list[bytes],
     size: int,
     runtime: str = RUNTIME,
-    batch_sizes=(8, 16, 32),
+    batch_sizes=(1, 2, 4, 8, 16),
     cores: int = CORES,
     cpus: set[int] | None = None,
 ) -> dict[int, float]:

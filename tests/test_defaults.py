@@ -26,7 +26,7 @@ def test_the_command_line_the_playbook_and_the_roles_default_alike():
     playbook = {
         "weights": GROUP_VARS["job_weights"],
         "image_size": GROUP_VARS["job_image_size"],
-        "batch_size": GROUP_VARS["job_batch_size"],
+        "batch_size": GROUP_VARS["job_batch_size"] or None,  # 0: no --batch-size
         "pca_variance": GROUP_VARS["job_pca_variance"],
         "pca_k": GROUP_VARS["job_pca_k"] or None,  # 0: no --pca-k
         "cpu_credits": GROUP_VARS["job_cpu_credits"],

@@ -10,14 +10,14 @@ import numpy as np
 
 from featurize.errors import ImageDecodeError
 from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, decode_image
-from featurize.model import Extractor
+from featurize.model import BATCH_SIZES, Extractor
 
 
 @dataclass(frozen=True)
 class FeaturizeSettings:
     weights: str = "imagenet"
     image_size: int = 224
-    batch_size: int = 8
+    batch_size: int = BATCH_SIZES["tflite"]
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     tf_threads: int = 1

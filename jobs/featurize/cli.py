@@ -16,7 +16,7 @@ from featurize.config import JobConfig, default
 from featurize.cost import load_prices
 from featurize.errors import JobError, UnreadInputsError
 from featurize.images import IMAGE_EXTENSIONS
-from featurize.model import FEATURE_DIM, RUNTIMES, check_weights
+from featurize.model import BATCH_SIZES, FEATURE_DIM, RUNTIMES, check_weights
 
 log = logging.getLogger("featurize")
 
@@ -107,9 +107,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_bounded_int(1, 512),
         default=default("batch_size"),
-        # One TensorFlow thread per task gains nothing from larger batches, and their
-        # activations cost memory: 8 was fastest and smallest at 224 px (docs/performance.md).
-        help="images per CNN call (default: %(default)s)",
+        help="images per CNN call (default: the fastest for the runtime, "
+        + ", ".join(f"{runtime} {size}" for runtime, size in BATCH_SIZES.items())
+        + ")",
     )
     parser.add_argument(
         "--runtime",
@@ -182,11 +182,12 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     args.run_id = args.run_id or default_run_id()
     if "/" in args.run_id or not args.run_id.strip():
         parser.error(f"--run-id must be a non-empty name without '/': {args.run_id!r}")
-    if args.batch_size * args.image_size**2 > MAX_BATCH_PIXELS:
+    batch_size = args.batch_size or BATCH_SIZES[args.runtime]
+    if batch_size * args.image_size**2 > MAX_BATCH_PIXELS:
         largest = MAX_BATCH_PIXELS // args.image_size**2
         parser.error(
-            f"--batch-size {args.batch_size} at --image-size {args.image_size} needs about "
-            f"{args.batch_size * args.image_size**2 * 3.5e6 / 224**2 / 2**30:.1f} GiB of CNN activations per task; "
+            f"--batch-size {batch_size} at --image-size {args.image_size} needs about "
+            f"{batch_size * args.image_size**2 * 3.5e6 / 224**2 / 2**30:.1f} GiB of CNN activations per task; "
             f"a 4 GB host holds at most {largest} at this size"
         )
     if args.prices:

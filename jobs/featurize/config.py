@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from featurize.batch import FeaturizeSettings
 from featurize.fetch import FetchSettings
 from featurize.images import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS
+from featurize.model import BATCH_SIZES
 
 # Fewer, larger tasks keep CNN batches full and pay each task's start cost less
 # often; whole waves of them keep every core busy (docs/performance.md).
@@ -28,7 +29,8 @@ class JobConfig:
     run_id: str
     weights: str = FeaturizeSettings.weights
     image_size: int = FeaturizeSettings.image_size
-    batch_size: int = FeaturizeSettings.batch_size
+    # None: the runtime's own (model.BATCH_SIZES).
+    batch_size: int | None = None
     runtime: str = FeaturizeSettings.runtime
     # Exactly one of the two is set: a variance target, or a number of components.
     pca_variance: float | None = 0.95
@@ -46,6 +48,11 @@ class JobConfig:
     # The cost estimate (featurize.cost): a JSON price table over the defaults, and the hosts' credit mode.
     prices: str | None = None
     cpu_credits: str = "unlimited"
+
+    @property
+    def cnn_batch_size(self) -> int:
+        """Images per CNN call: --batch-size, else the fastest for the runtime."""
+        return self.batch_size or BATCH_SIZES[self.runtime]
 
 
 def default(name: str):

@@ -54,7 +54,7 @@ def prepare(spark, config: JobConfig) -> RunContext:
     settings = FeaturizeSettings(
         weights=config.weights,
         image_size=config.image_size,
-        batch_size=config.batch_size,
+        batch_size=config.cnn_batch_size,
         runtime=config.runtime,
         max_pixels=config.max_image_pixels,
         max_decode_bytes=config.max_decode_mb * 2**20,

@@ -199,7 +199,7 @@ def run_manifest(run: RunContext, *, plan: Plan, live: list[Commit], counts: Cou
         parameters={
             "weights": config.weights,
             "image_size": config.image_size,
-            "batch_size": config.batch_size,
+            "batch_size": config.cnn_batch_size,
             "runtime": config.runtime,
             "max_pixels": run.settings.max_pixels,
             "max_decode_bytes": run.settings.max_decode_bytes,

@@ -6,13 +6,14 @@ from featurize.model import check_weights, imagenet_weights_path
 
 def test_defaults():
     args = parse_args(["--input", "s3a://b/in/", "--output", "s3a://b/out/"])
-    assert (args.weights, args.image_size, args.batch_size, args.pca_variance, args.pca_k) == (
+    assert (args.weights, args.image_size, args.cnn_batch_size, args.pca_variance, args.pca_k) == (
         "imagenet",
         224,
-        8,
+        2,
         0.95,
         None,
     )
+    assert parse_args(["--input", "x", "--output", "y", "--runtime", "keras"]).cnn_batch_size == 8
     assert args.run_id.endswith("Z") and len(args.run_id) == 16
 
 
