@@ -134,12 +134,18 @@ def spark_submit_command(
         master,
         "--driver-memory",
         driver_memory,
-        "--jars",
-        ",".join(str(jar) for jar in s3a_jars()),
         "--py-files",
         str(job_zip),
     ]
-    conf = {**s3a_conf(endpoint), **(extra_conf or {})}
+    # On the class path, as the spark role puts them (spark.driver.extraClassPath): --jars would copy
+    # the 600 MB SDK bundle into every run's work directory first (about 2 s of each start here).
+    classpath = ":".join(str(jar) for jar in s3a_jars())
+    conf = {
+        "spark.driver.extraClassPath": classpath,
+        "spark.executor.extraClassPath": classpath,
+        **s3a_conf(endpoint),
+        **(extra_conf or {}),
+    }
     java_options = list(driver_java_options)
     if spark_log_level == "WARN":
         java_options.append(f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")

@@ -75,6 +75,8 @@ def test_a_single_host_runs_local_mode_without_a_secret(tmp_path):
     assert conf["spark.master"] == "local[2,4]"
     assert "spark.authenticate" not in conf and "spark.driver.host" not in conf
     assert "export SPARK_LOCAL_IP=127.0.0.1" in files["spark-env.sh"]
+    # 2 vCPUs: the serial collector, for driver and executors alike.
+    assert conf["spark.driver.extraJavaOptions"] == conf["spark.executor.extraJavaOptions"] == "-XX:+UseSerialGC"
 
 
 @pytest.mark.parametrize("role", ["master", "worker"])
