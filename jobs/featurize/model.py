@@ -30,10 +30,10 @@ from featurize.errors import WeightsNotFoundError
 FEATURE_DIM = 1280
 KERAS_WEIGHT_SIZES = (96, 128, 160, 192, 224)
 RUNTIMES = ("tflite", "keras")
-# Images per CNN call, the fastest per core on this project's benchmark (bench/results/runtimes.md):
-# XNNPACK runs a batch of 1 or 2 with its activations still in the CPU's cache, about 1.2x
-# the rate of a batch of 8 on two processes at 224 px; Keras's compiled call gains from batching.
-BATCH_SIZES = {"tflite": 2, "keras": 8}
+# Images per CNN call, the fastest in the job's layout (a process per core, one thread each) at 224 px
+# in this project's benchmark (bench/results/bench.json, "limit"): small batches keep their activations
+# in the CPU's cache. LiteRT at 2 ran 1.16x its rate at 8, Keras at 4 ran 1.10x its rate at 8.
+BATCH_SIZES = {"tflite": 2, "keras": 4}
 
 Extractor = Callable[[np.ndarray], np.ndarray]
 

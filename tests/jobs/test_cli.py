@@ -13,7 +13,7 @@ def test_defaults():
         0.95,
         None,
     )
-    assert parse_args(["--input", "x", "--output", "y", "--runtime", "keras"]).cnn_batch_size == 8
+    assert parse_args(["--input", "x", "--output", "y", "--runtime", "keras"]).cnn_batch_size == 4
     assert args.run_id.endswith("Z") and len(args.run_id) == 16
 
 
