@@ -205,7 +205,7 @@ def featurize_todo(run: RunContext, todo: list[ListedFile]) -> None:
         # The name the Spark UI and its REST API show for this job (else "collect at NativeMethodAccessorImpl").
         sc.setJobDescription(f"featurize {len(todo)} images in {tasks} tasks")
         try:
-            committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task).collect()
+            committed = pipeline.featurize(run.spark, todo, root=run.root, tasks=tasks, featurize_task=task)
         finally:
             sc.setJobDescription(None)
         rate = len(todo) / (time.perf_counter() - began)

@@ -14,6 +14,8 @@ import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from pyspark import StorageLevel
 from pyspark.accumulators import AccumulatorParam
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
 
 from featurize.batch import BatchTimings, FeaturizeSettings, Outcome, featurize_fetched
@@ -31,15 +33,17 @@ from featurize.model import built_in_this_worker, worker_extractor
 from featurize.progress import TaskReporter, task_report_uri
 from featurize.storage import ListedFile, Storage, is_s3, join, request_counts, requests_since
 
-TODO_SCHEMA = T.StructType(
-    [
-        T.StructField("path", T.StringType()),
-        T.StructField("label", T.StringType()),
-        T.StructField("size_bytes", T.LongType()),
-        T.StructField("etag", T.StringType()),
-        T.StructField("modified", T.TimestampType()),
-    ]
-)
+
+class Todo(NamedTuple):
+    """An image for the featurize stage, as the listing saw it."""
+
+    path: str
+    label: str | None
+    size_bytes: int
+    etag: str
+    modified: datetime
+
+
 COMMITTED_SCHEMA = T.StructType(
     [
         T.StructField("commit", T.StringType()),
@@ -118,7 +122,7 @@ def task_partition() -> int:
     return context.partitionId() if context else 0
 
 
-def crash_record_uri(chunks: ChunkSettings, rows: list[tuple]) -> str:
+def crash_record_uri(chunks: ChunkSettings, rows: list[Todo]) -> str:
     """The record of a retried task: named by the task's rows, under this run's folder of them."""
     folder = chunks.attempt_records or join(chunks.run_uri, ATTEMPTS_DIR)
     return join(folder, rows_hash([(row.path, row.etag) for row in rows]) + ".json")
@@ -158,13 +162,12 @@ def make_featurize_task(
     the worker's first task, counted in ``models_built``) and reused.
     """
 
-    def featurize_task(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def featurize_task(rows: list[Todo]) -> Iterator[pd.DataFrame]:
         with counting_requests(requests):
             if models_built is not None and not built_in_this_worker(*model_key(settings)):
                 models_built.add(1)
             extract = worker_extractor(*model_key(settings))
             storage = Storage(fetch.endpoint_url)
-            rows = [row for batch in batches for row in batch.itertuples(index=False)]
             attempt = task_attempt()
             if attempt == 0:
                 outcomes = featurize_rows(rows, extract, settings, fetch, timers=(decode_seconds, cnn_seconds))
@@ -191,7 +194,7 @@ def make_featurize_task(
 
 
 def featurize_rows(
-    rows: list[tuple], extract, settings: FeaturizeSettings, fetch: FetchSettings, *, timers=(None, None)
+    rows: list[Todo], extract, settings: FeaturizeSettings, fetch: FetchSettings, *, timers=(None, None)
 ) -> Iterator[tuple[tuple, Outcome]]:
     """Each row with its outcome, reads running ahead of the CNN; ``timers`` (decode, CNN) accumulate seconds."""
     decode_seconds, cnn_seconds = timers
@@ -210,7 +213,7 @@ def featurize_rows(
 
 
 def featurize_isolating(
-    rows: list[tuple],
+    rows: list[Todo],
     extract,
     settings: FeaturizeSettings,
     fetch: FetchSettings,
@@ -236,7 +239,7 @@ def featurize_isolating(
 
 
 def _commit(storage: Storage, chunks: ChunkSettings, pending: list[tuple]) -> pd.DataFrame:
-    rows = pd.DataFrame(pending, columns=[*TODO_SCHEMA.names, "features", "stage", "reason", "code", "retryable"])
+    rows = pd.DataFrame(pending, columns=[*Todo._fields, "features", "stage", "reason", "code", "retryable"])
     commit = write_chunk(storage, chunks.run_uri, fingerprint=chunks.fingerprint, rows=rows)
     failed = int(rows["reason"].notna().sum())
     retryable = sum(1 for *_, kind in commit.rows if kind == RETRY)
@@ -271,11 +274,34 @@ def warm_up_frame(spark: SparkSession, settings: FeaturizeSettings) -> DataFrame
     return spark.range(slots, numPartitions=slots).mapInPandas(warm, "warmed long")
 
 
-def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tasks: int, featurize_task) -> DataFrame:
-    """Run the featurize stage over ``todo``, split in ``tasks`` contiguous slices of the sorted listing."""
-    rows = [(f.path, label_of(f.path, root), f.size, f.etag, f.modified) for f in todo]
-    slices = spark.sparkContext.parallelize(rows, numSlices=tasks)
-    return spark.createDataFrame(slices, TODO_SCHEMA).mapInPandas(featurize_task, COMMITTED_SCHEMA)
+def share_bounds(count: int, shares: int) -> list[tuple[int, int]]:
+    """``shares`` contiguous [start, end) ranges of ``count`` items, their sizes within one of each other."""
+    return [(index * count // shares, (index + 1) * count // shares) for index in range(shares)]
+
+
+def featurize(spark: SparkSession, todo: Sequence[ListedFile], *, root: str, tasks: int, featurize_task) -> list[Row]:
+    """Run the featurize stage over ``todo`` in ``tasks`` contiguous slices of the sorted listing: a row per commit.
+
+    Task i reads slice i from a broadcast of its own and starts from spark.range,
+    which the JVM makes: a DataFrame made from a Python RDD of the rows would run a
+    second Python daemon and, beside each CNN worker, a worker that only turns the
+    list into rows. One broadcast per slice, not one of the whole list: a worker
+    loads only its own slice (a million images' list would be 150 MB per worker).
+    """
+    sc = spark.sparkContext
+    rows = [Todo(f.path, label_of(f.path, root), f.size, f.etag, f.modified) for f in todo]
+    slices = [sc.broadcast(rows[start:end]) for start, end in share_bounds(len(rows), tasks)]
+
+    def featurize_slices(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for index in batch["id"]:
+                yield from featurize_task(slices[index].value)
+
+    try:
+        return spark.range(tasks, numPartitions=tasks).mapInPandas(featurize_slices, COMMITTED_SCHEMA).collect()
+    finally:
+        for broadcast in slices:
+            broadcast.destroy()
 
 
 def read_features(
@@ -283,6 +309,7 @@ def read_features(
 ) -> DataFrame:
     """The features of the live commits as ``path, label, features (vector)``: one GET per part, no listing."""
     parts = [commit.features for commit in commits if commit.features]
+    tasks = max(1, min(len(parts), 64))
 
     def read_parts(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
@@ -290,14 +317,13 @@ def read_features(
         storage = Storage(endpoint_url)
         with counting_requests(requests):
             for batch in batches:
-                for uri in batch["uri"]:
-                    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["path", "label", "features"])
-                    yield table.to_pandas()
+                for index in batch["id"]:
+                    start, end = share_bounds(len(parts), tasks)[index]
+                    for uri in parts[start:end]:
+                        data = io.BytesIO(storage.read_bytes(uri))
+                        yield pq.read_table(data, columns=["path", "label", "features"]).to_pandas()
 
-    uris = spark.createDataFrame(
-        spark.sparkContext.parallelize([(uri,) for uri in parts], numSlices=max(1, min(len(parts), 64))), "uri string"
-    )
-    features = uris.mapInPandas(read_parts, FEATURES_SCHEMA)
+    features = spark.range(tasks, numPartitions=tasks).mapInPandas(read_parts, FEATURES_SCHEMA)
     return features.select("path", "label", array_to_vector("features").alias("features"))
 
 

@@ -25,7 +25,7 @@ TASK = textwrap.dedent(
     from featurize.config import DEFAULT_COMMIT_EVERY
     from featurize.fetch import FetchSettings
     from featurize.model import worker_extractor
-    from featurize.pipeline import TODO_SCHEMA, ChunkSettings, make_featurize_task, model_key
+    from featurize.pipeline import ChunkSettings, Todo, make_featurize_task, model_key
     from featurize.storage import Storage
 
     def status(field):
@@ -36,11 +36,11 @@ TASK = textwrap.dedent(
     extract = worker_extractor(*model_key(settings))
     extract(np.zeros((settings.batch_size, settings.image_size, settings.image_size, 3), np.uint8))
     files = Storage().list_files(sys.argv[1])
-    todo = pd.DataFrame([(f.path, "big", f.size, f.etag, f.modified) for f in files], columns=TODO_SCHEMA.names)
+    todo = [Todo(f.path, "big", f.size, f.etag, f.modified) for f in files]
     task = make_featurize_task(settings, fetch, ChunkSettings("file:" + sys.argv[2], "fp", DEFAULT_COMMIT_EVERY))
     before = status("VmRSS")
     open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here
-    committed = pd.concat(task(iter([todo])))
+    committed = pd.concat(task(todo))
     print(json.dumps({"growth": status("VmHWM") - before, "cap": fetch.max_bytes_in_flight,
                       "errors": int(committed["errors"].sum())}))
     """

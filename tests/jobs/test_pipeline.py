@@ -100,9 +100,12 @@ def test_featurize_stage_commits_chunks_that_read_back_as_features(spark, sample
     task = pipeline.make_featurize_task(
         settings, FetchSettings(max_in_flight=3), pipeline.ChunkSettings(run_uri, "fp", commit_every=4)
     )
-    committed = pipeline.featurize(
-        spark, listed, root=f"file:{tmp_path}/images", tasks=2, featurize_task=task
-    ).collect()
+    # Not UTC, as on a laptop: a listing's times must not move with the session's time zone.
+    spark.conf.set("spark.sql.session.timeZone", "America/Sao_Paulo")
+    try:
+        committed = pipeline.featurize(spark, listed, root=f"file:{tmp_path}/images", tasks=2, featurize_task=task)
+    finally:
+        spark.conf.unset("spark.sql.session.timeZone")
 
     assert sum(row.featurized for row in committed) == 5 and sum(row.errors for row in committed) == 1
     commits = read_commits(storage, run_uri)
@@ -112,6 +115,15 @@ def test_featurize_stage_commits_chunks_that_read_back_as_features(spark, sample
     features = pipeline.read_features(spark, commits, None).collect()
     assert sorted(row.path for row in features) == sorted(f.path for f in listed if "broken" not in f.path)
     assert {row.label for row in features} == {"Lemon"} and {row.features.size for row in features} == {1280}
+    modified = {f.path: f.modified for f in listed}
+    written = [
+        row
+        for commit in commits
+        for part in (commit.features, commit.errors)
+        if part
+        for row in pq.read_table(io.BytesIO(storage.read_bytes(part))).to_pylist()
+    ]
+    assert len(written) == 6 and all(row["modified"] == modified[row["path"]] for row in written)
     [errors] = [commit.errors for commit in commits if commit.errors]
     [error] = pq.read_table(io.BytesIO(storage.read_bytes(errors))).to_pylist()
     assert (error["stage"], error["reason"], error["label"]) == ("decode", "not a recognised image format", "Lemon")
