@@ -12,7 +12,7 @@ CACHE := .cache
 # Maven coordinates and sha256 pins as on the hosts).
 JARS_STAMP := $(CACHE)/jars/.fetched
 
-.PHONY: help venv jars demo test test-fast test-unit test-python lint bench clean
+.PHONY: help venv jars demo test test-fast test-unit test-python molecule lint bench clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,7 +45,7 @@ lint: venv ## ruff, yamllint, ansible-lint (production profile)
 PYTEST_WORKERS ?= 2
 
 test-python: venv jars
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not molecule"
 
 test: lint test-python ## Linters and the whole test suite (what CI runs)
 
@@ -54,6 +54,9 @@ test-unit: venv ## The tests that need no Spark, moto or container (about 2 min)
 
 test-fast: lint venv jars ## Linters plus the job's unit and end-to-end tests (a few minutes; no Ansible, no Molecule)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not container and not slow" tests/jobs tests/test_emr.py
+
+molecule: venv jars ## Molecule's default scenario (converge, idempotence, verify) on the Debian 13 EC2 stand-in
+	$(BIN)/pytest -m molecule tests/molecule
 
 clean: ## Remove build outputs (keeps the venv and the jar cache)
 	rm -rf build reports spark-warehouse .pytest_cache

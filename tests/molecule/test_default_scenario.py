@@ -9,10 +9,11 @@ as the job account; the manifest it leaves in moto is checked here.
 
 It runs on Debian 13 (Python 3.13, OpenJDK 21; MOLECULE_SUITES=bookworm,trixie adds Debian 12):
 every path that holds the host's Python version must come from the host's own
-interpreter, as on Ubuntu 24.04 (3.12) and 22.04 (3.10). Debian 12 (the
-controller's Python) is converged by tests/playbooks/test_site.py through
-site.yml; running this scenario on it too in `make test` would cost 6 minutes
-for no path that site test does not take.
+interpreter, as on Ubuntu 24.04 (3.12) and 22.04 (3.10). `make molecule` runs it; `make test`
+leaves it out (marker `molecule`): tests/playbooks/test_site.py converges the same roles on
+the same Debian 13 stand-in through site.yml, and tests/playbooks/test_scale_out.py checks
+that a second configure changes nothing, on Debian 12. On a slow day this scenario alone took
+23 minutes of a make test that ran past CI's 90.
 The s3a jars are downloaded on the host by their Maven coordinates, as on EC2.
 """
 
@@ -32,7 +33,7 @@ from support.fake_imds import fake_imds
 
 from harness.moto import TEST_CREDENTIALS, free_port
 
-pytestmark = pytest.mark.container
+pytestmark = [pytest.mark.container, pytest.mark.molecule]
 
 
 def standin_settings(tmp_path, imds_url: str) -> dict[str, str]:

@@ -4,10 +4,12 @@ provision (moto EC2/IAM/S3) -> refresh the aws_ec2 inventory -> configure the
 launched host -> upload the shared sample -> run the job -> fetch the report.
 
 moto launches no machine: the `<bucket>-master` instance is played by the EC2
-stand-in (tests/ec2_standin.py), which at boot installs the public key of the
-key pair provision.yml created, read from the (fake) instance metadata as
-cloud-init does. The test inventory redirects only the address and port
-(moto's public IPs lead nowhere); user, key, sudo, SSH and host-key checking
+stand-in (tests/support/ec2_standin.py) on Debian 13, the stand-in nearest the
+default Ubuntu 24.04 (a Python and a JDK that are not the controller's: 3.13
+and 21), which at boot installs the public key of the key pair provision.yml
+created, read from the (fake) instance metadata as cloud-init does. The test
+inventory redirects only the address and port (moto's public IPs lead
+nowhere); user, key, sudo, SSH and host-key checking
 are the repository's own. The job has no keys at all: s3a and boto3 take the
 provisioned role's credentials from the fake IMDS, as they would on EC2.
 """
@@ -77,7 +79,7 @@ def instance_id(endpoint: str, name: str) -> str:
 
 
 def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
-    aws, podman_target_image, test_weights, images, tmp_path
+    aws, trixie_target_image, test_weights, images, tmp_path
 ):
     endpoint = aws
     images_dir, count, classes = images
@@ -89,7 +91,7 @@ def test_site_provisions_configures_uploads_runs_and_fetches_the_report(
     with (
         fake_imds(endpoint, role_name=f"{BUCKET}-host", key_name=BUCKET) as (imds_url, issued_keys),
         ec2_standin(
-            podman_target_image, HOST, imds_url, tmp_path / "standin", console_dir=tmp_path / "console"
+            trixie_target_image, HOST, imds_url, tmp_path / "standin", console_dir=tmp_path / "console"
         ) as standin,
     ):
         inventory = standin_inventory(tmp_path, endpoint, {HOST: (standin.address, standin.port)}, test_weights)
