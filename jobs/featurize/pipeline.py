@@ -195,7 +195,7 @@ def make_featurize_task(
 
 def featurize_rows(
     rows: list[Todo], extract, settings: FeaturizeSettings, fetch: FetchSettings, *, timers=(None, None)
-) -> Iterator[tuple[tuple, Outcome]]:
+) -> Iterator[tuple[Todo, Outcome]]:
     """Each row with its outcome, reads running ahead of the CNN; ``timers`` (decode, CNN) accumulate seconds."""
     decode_seconds, cnn_seconds = timers
     by_path = {row.path: row for row in rows}
@@ -221,7 +221,7 @@ def featurize_isolating(
     *,
     record_uri: str,
     attempt: int,
-) -> Iterator[tuple[tuple, Outcome]]:
+) -> Iterator[tuple[Todo, Outcome]]:
     """A retried task: one image at a time, each named in a record first, so the next attempt knows
     which image its worker died on and records it as an error instead of dying again."""
     record = json.loads(storage.read_if_exists(record_uri) or b"{}")
@@ -310,6 +310,7 @@ def read_features(
     """The features of the live commits as ``path, label, features (vector)``: one GET per part, no listing."""
     parts = [commit.features for commit in commits if commit.features]
     tasks = max(1, min(len(parts), 64))
+    slices = [parts[start:end] for start, end in share_bounds(len(parts), tasks)]
 
     def read_parts(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pyarrow.parquet as pq
@@ -318,8 +319,7 @@ def read_features(
         with counting_requests(requests):
             for batch in batches:
                 for index in batch["id"]:
-                    start, end = share_bounds(len(parts), tasks)[index]
-                    for uri in parts[start:end]:
+                    for uri in slices[index]:
                         data = io.BytesIO(storage.read_bytes(uri))
                         yield pq.read_table(data, columns=["path", "label", "features"]).to_pandas()
 

@@ -9,9 +9,9 @@ default Ubuntu 24.04 (a Python and a JDK that are not the controller's: 3.13
 and 21), which at boot installs the public key of the key pair provision.yml
 created, read from the (fake) instance metadata as cloud-init does. The test
 inventory redirects only the address and port (moto's public IPs lead
-nowhere); user, key, sudo, SSH and host-key checking
-are the repository's own. The job has no keys at all: s3a and boto3 take the
-provisioned role's credentials from the fake IMDS, as they would on EC2.
+nowhere); user, key, sudo, SSH and host-key checking are the repository's own.
+The job has no keys at all: s3a and boto3 take the provisioned role's
+credentials from the fake IMDS, as they would on EC2.
 """
 
 from __future__ import annotations
